@@ -1,0 +1,3 @@
+"""envkit: pinned PyTorch/CUDA images, built, verified and reproduced."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Make sure a Docker engine answers on this host: install Debian's docker.io and mmdebstrap when
+# missing, start dockerd in the background when nothing answers, and wait for it. Idempotent.
+#
+#   scripts/engine.sh            # default socket
+#   ENVKIT_DOCKERD_ROOT=/var/lib/docker2 ENVKIT_DOCKER_SOCK=/run/docker2.sock scripts/engine.sh
+#     starts a second engine with its own data-root (it stands in for a second machine).
+set -euo pipefail
+
+sock="${ENVKIT_DOCKER_SOCK:-/var/run/docker.sock}"
+data_root="${ENVKIT_DOCKERD_ROOT:-/var/lib/docker}"
+exec_root="${ENVKIT_DOCKERD_EXEC_ROOT:-}"
+log="${ENVKIT_DOCKERD_LOG:-/var/log/envkit-dockerd.log}"
+
+need_install=()
+command -v dockerd >/dev/null 2>&1 || need_install+=(docker.io)
+command -v mmdebstrap >/dev/null 2>&1 || need_install+=(mmdebstrap)
+command -v zstd >/dev/null 2>&1 || need_install+=(zstd)
+if [ ${#need_install[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "engine.sh: ${need_install[*]} missing and not root; install them and rerun" >&2
+    exit 3
+  fi
+  echo "engine.sh: installing ${need_install[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_install[@]}" >/dev/null
+fi
+
+docker_cli=(docker -H "unix://$sock")
+if "${docker_cli[@]}" version --format '{{.Server.Version}}' >/dev/null 2>&1; then
+  echo "engine.sh: engine answers on $sock ($("${docker_cli[@]}" version --format '{{.Server.Version}}'))" >&2
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "engine.sh: no engine answers on $sock and starting dockerd needs root" >&2
+  exit 3
+fi
+
+args=(--host "unix://$sock" --data-root "$data_root")
+if [ -n "$exec_root" ]; then
+  args+=(--exec-root "$exec_root" --pidfile "$exec_root/dockerd.pid")
+fi
+if [ "$sock" != /var/run/docker.sock ]; then
+  # A second engine must not fight the first over the default bridge.
+  args+=(--bridge none --iptables=false)
+fi
+echo "engine.sh: starting dockerd on $sock (data-root $data_root, log $log)" >&2
+nohup dockerd "${args[@]}" >>"$log" 2>&1 </dev/null &
+
+for _ in $(seq 1 60); do
+  if "${docker_cli[@]}" version --format '{{.Server.Version}}' >/dev/null 2>&1; then
+    echo "engine.sh: engine up on $sock ($("${docker_cli[@]}" version --format '{{.Server.Version}}'))" >&2
+    exit 0
+  fi
+  sleep 1
+done
+echo "engine.sh: dockerd did not answer within 60 s; last log lines:" >&2
+tail -n 20 "$log" >&2 || true
+exit 3
