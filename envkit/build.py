@@ -1,0 +1,393 @@
+"""Spec -> plan -> build context -> image on a real Docker engine (classic builder).
+
+``plan_build`` gathers every input (spec, resolved versions, lock, base, CA bundle) into one value.
+``build_image`` yields events as the engine reports them; the caller decides how to show them.
+The target tag moves only after the build (and seal) succeeded.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from envkit import compat
+from envkit.base import BasePlan, ensure_base
+from envkit.catalog import SpecRef, load
+from envkit.context import BuildContext, detect_ca_bundle, proxy_build_args
+from envkit.errors import (
+    BuildFailed,
+    CompatError,
+    EngineUnreachable,
+    IntegrityError,
+    Interrupted,
+    NetworkError,
+)
+from envkit.render import RenderInput, render_dockerfile
+from envkit.resources import PACKAGE_DIR, probe_dir
+
+TOOLS_LOCK = PACKAGE_DIR / "data" / "tools.txt"
+LOG_TAIL = 25
+
+_ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+_RUNNING_RE = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})")
+_BUILT_RE = re.compile(r"^Successfully built ([0-9a-f]{12,64})")
+_DOWNLOAD_RE = re.compile(
+    r"(Downloading|Downloaded|Get:\d+|Fetched|Installed \d+ packages|Prepared \d+ packages)"
+)
+_HASH_PKG_RE = re.compile(r"Hash mismatch for `([^`]+)`")
+_HASH_EXPECTED_RE = re.compile(r"Expected:\s*((?:\s*sha256:[0-9a-f]{64})+)")
+_HASH_COMPUTED_RE = re.compile(r"Computed:\s*(sha256:[0-9a-f]{64})")
+_NETWORK_PATTERNS = (
+    "Temporary failure resolving",
+    "Could not resolve host",
+    "dns error",
+    "Failed to fetch",
+    "Connection refused",
+    "Network is unreachable",
+    "error sending request",
+    "CERTIFICATE_VERIFY_FAILED",
+    "invalid peer certificate",
+)
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    kind: str  # "phase", "step", "log", "download", "done"
+    message: str
+    step: int | None = None
+    total: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BuildPlan:
+    ref: SpecRef
+    resolved: compat.Resolved
+    base_plan: BasePlan | None
+    base_ref: str
+    render_input: RenderInput
+    dockerfile: str
+    requirements: str | None = None
+    lock_digest: str | None = None
+    lock_source: str = "none"  # "file", "resolved now", "none" (render only)
+    ca_bundle: Path | None = None
+
+    @property
+    def spec(self) -> Any:
+        return self.ref.spec
+
+    @property
+    def tag(self) -> str:
+        return self.ref.spec.image_tag
+
+
+def resolve_spec(ref: SpecRef) -> compat.Resolved:
+    spec = ref.spec
+    resolved = compat.resolve(spec.torch.version, spec.torch.cuda, spec.python, source=ref.display)
+    if spec.torchvision and resolved.torchvision and spec.torchvision != resolved.torchvision:
+        raise CompatError(
+            f"{ref.display}: torchvision: {spec.torchvision} is not paired with torch {resolved.torch} "
+            f"(use {resolved.torchvision})"
+        )
+    return resolved
+
+
+def top_level_requirements(ref: SpecRef, resolved: compat.Resolved) -> list[str]:
+    spec = ref.spec
+    reqs = [f"torch=={resolved.torch}"]
+    if spec.torchvision:
+        reqs.append(f"torchvision=={spec.torchvision}")
+    reqs.extend(spec.pip)
+    return reqs
+
+
+def _base_for(ref: SpecRef) -> tuple[BasePlan | None, str]:
+    spec = ref.spec
+    if spec.base.bootstrap is not None:
+        plan = BasePlan(bootstrap=spec.base.bootstrap, source_date_epoch=spec.source_date_epoch)
+        return plan, plan.tag
+    assert spec.base.image is not None
+    return None, spec.base.image
+
+
+def plan_build(
+    name: str,
+    *,
+    ca_bundle: str | None = None,
+    with_requirements: bool = True,
+    environ: dict[str, str] | None = None,
+) -> BuildPlan:
+    """Everything a build needs, decided up front; raises before any engine work starts."""
+    from envkit import lock as locks  # imported here: rendering alone needs no resolver
+
+    ref = load(name)
+    resolved = resolve_spec(ref)
+    base_plan, base_ref = _base_for(ref)
+    bundle = detect_ca_bundle(ca_bundle, environ)
+
+    requirements: str | None = None
+    lock_digest: str | None = None
+    lock_source = "none"
+    if ref.lock_path.is_file():
+        lock = locks.read_lock(ref.lock_path)
+        if locks.is_stale(lock, ref.spec.digest()):
+            raise CompatError(
+                f"{ref.lock_path.name} is stale against {ref.display}",
+                hint=f"run `envkit lock {ref.spec.ref}` and commit the new lock",
+            )
+        requirements = lock.python_requirements
+        lock_digest = locks.lock_digest(lock)
+        lock_source = "file"
+    elif with_requirements:
+        requirements = locks.lock_requirements(
+            top_level_requirements(ref, resolved), python=ref.spec.python, index_url=resolved.index_url
+        )
+        lock_source = "resolved now"
+
+    render_input = RenderInput(
+        spec=ref.spec,
+        source=ref.display,
+        base_ref=base_ref,
+        torch=resolved.torch,
+        torchvision=ref.spec.torchvision,
+        cuda=resolved.cuda,
+        cudnn=resolved.cudnn,
+        nccl=resolved.nccl,
+        arch_list=resolved.arch_list,
+        min_driver=resolved.min_driver,
+        index_url=resolved.index_url,
+        lock_digest=lock_digest,
+        ca_bundle=bundle is not None,
+    )
+    return BuildPlan(
+        ref=ref,
+        resolved=resolved,
+        base_plan=base_plan,
+        base_ref=base_ref,
+        render_input=render_input,
+        dockerfile=render_dockerfile(render_input),
+        requirements=requirements,
+        lock_digest=lock_digest,
+        lock_source=lock_source,
+        ca_bundle=bundle,
+    )
+
+
+def make_context(plan: BuildPlan) -> BuildContext:
+    if plan.requirements is None:
+        raise ValueError("a build context needs the locked requirements")
+    context = BuildContext()
+    context.add("Dockerfile", plan.dockerfile.encode())
+    context.add("build/requirements.txt", plan.requirements.encode())
+    context.add("build/tools.txt", TOOLS_LOCK.read_bytes())
+    if plan.ca_bundle is not None:
+        context.add("build/ca-bundle.crt", plan.ca_bundle.read_bytes())
+    context.add_tree("probe", probe_dir())
+    return context
+
+
+@dataclass
+class BuildResult:
+    image_id: str
+    tag: str
+    size: int
+    durations: dict[str, float]
+    spec_digest: str
+    lock_source: str
+    base_ref: str
+    cached_steps: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image_id": self.image_id,
+            "tag": self.tag,
+            "size": self.size,
+            "durations": {key: round(value, 2) for key, value in self.durations.items()},
+            "spec_digest": self.spec_digest,
+            "lock": self.lock_source,
+            "base": self.base_ref,
+            "cached_steps": self.cached_steps,
+        }
+
+
+def _classify_failure(error: str, log: list[str], step_line: str) -> Exception:
+    text = "\n".join(log)
+    pkg = _HASH_PKG_RE.search(text)
+    if pkg:
+        expected = _HASH_EXPECTED_RE.search(text)
+        computed = _HASH_COMPUTED_RE.search(text)
+        expected_text = " ".join(expected.group(1).split()) if expected else "unknown"
+        computed_text = computed.group(1) if computed else "unknown"
+        return IntegrityError(
+            f"hash mismatch for {pkg.group(1)}: expected {expected_text}, computed {computed_text}",
+            hint="the wheel on the index is not the one the lock pinned; check the lock and the index",
+            details=text,
+        )
+    if any(pattern in text or pattern in error for pattern in _NETWORK_PATTERNS):
+        return NetworkError(
+            f"the build could not reach the network at {step_line or 'an unknown step'}",
+            hint="check the mirror/PyPI reachability, proxy variables and --ca-bundle",
+            details=text,
+        )
+    return BuildFailed(f"{step_line or 'build'}: {error.strip()}", details=text)
+
+
+def _remove_containers(client: docker.DockerClient, ids: list[str]) -> None:
+    for container_id in ids:
+        try:
+            client.api.remove_container(container_id, force=True)
+        except docker.errors.NotFound:
+            continue
+        except docker.errors.APIError:
+            continue
+
+
+def _stream_build(
+    client: docker.DockerClient, plan: BuildPlan, *, nocache: bool
+) -> Iterator[BuildEvent]:
+    """Run the classic build and yield events; the last one carries the image ID."""
+    context = make_context(plan)
+    fileobj = context.to_tar(plan.spec.source_date_epoch)
+    started_containers: list[str] = []
+    log: deque[str] = deque(maxlen=LOG_TAIL)
+    step_line = ""
+    image_id: str | None = None
+    cached = 0
+    pending = ""  # the engine splits lines across chunks; join them before parsing
+    stream = client.api.build(
+        fileobj=fileobj,
+        custom_context=True,
+        encoding=None,
+        rm=True,
+        forcerm=True,
+        nocache=nocache,
+        pull=False,
+        decode=True,
+        buildargs=proxy_build_args(),
+        platform=plan.spec.platform,
+    )
+    try:
+        for chunk in stream:
+            if "error" in chunk:
+                raise _classify_failure(str(chunk["error"]), list(log), step_line)
+            aux = chunk.get("aux")
+            if isinstance(aux, dict) and "ID" in aux:
+                image_id = str(aux["ID"])
+            text = chunk.get("stream")
+            if not isinstance(text, str):
+                continue
+            pending += _ANSI_RE.sub("", text).replace("\r", "\n")
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                if not line.strip():
+                    continue
+                log.append(line)
+                step = _STEP_RE.match(line)
+                if step:
+                    step_line = line
+                    yield BuildEvent("step", step.group(3), int(step.group(1)), int(step.group(2)))
+                    continue
+                running = _RUNNING_RE.match(line)
+                if running:
+                    started_containers.append(running.group(1))
+                    continue
+                if line.strip() == "---> Using cache":
+                    cached += 1
+                    continue
+                built = _BUILT_RE.match(line)
+                if built and image_id is None:
+                    image_id = built.group(1)
+                kind = "download" if _DOWNLOAD_RE.search(line) else "log"
+                yield BuildEvent(kind, line.rstrip())
+    except KeyboardInterrupt:
+        # Closing the response cancels the build on the engine side.
+        _close(stream)
+        _remove_containers(client, started_containers)
+        raise Interrupted("build interrupted; the tag was not moved") from None
+    except (requests.exceptions.ConnectionError, docker.errors.APIError) as exc:
+        _remove_containers(client, started_containers)
+        if isinstance(exc, docker.errors.APIError):
+            raise BuildFailed(f"the engine refused the build: {exc.explanation or exc}") from exc
+        raise EngineUnreachable(f"lost the Docker engine during the build: {exc}") from exc
+    except (BuildFailed, IntegrityError, NetworkError):
+        _remove_containers(client, started_containers)
+        raise
+    if image_id is None:
+        raise BuildFailed("the engine finished without reporting an image", details="\n".join(log))
+    yield BuildEvent("done", "built", data={"image_id": image_id, "cached_steps": cached})
+
+
+def _close(stream: Any) -> None:
+    close = getattr(stream, "close", None)
+    if callable(close):
+        close()
+
+
+def build_image(
+    client: docker.DockerClient,
+    plan: BuildPlan,
+    *,
+    tag: str | None = None,
+    nocache: bool = False,
+) -> Iterator[BuildEvent]:
+    """Build ``plan`` and move ``tag`` (default: the spec's tag) to it; yields progress events.
+
+    The final event is ``done`` with ``data["result"]`` a BuildResult.
+    """
+    target = tag or plan.tag
+    durations: dict[str, float] = {}
+    started = time.monotonic()
+    if plan.base_plan is not None:
+        yield BuildEvent("phase", f"base {plan.base_ref}")
+        t0 = time.monotonic()
+        ensure_base(client, plan.base_plan, log=None)
+        durations["base"] = time.monotonic() - t0
+    else:
+        try:
+            client.images.get(plan.base_ref)
+        except docker.errors.ImageNotFound:
+            raise NetworkError(
+                f"base image {plan.base_ref} is not present and no registry pull is attempted",
+                hint="docker load the base image, or use a bootstrap base",
+            ) from None
+    yield BuildEvent("phase", f"build {target}")
+    t0 = time.monotonic()
+    image_id = ""
+    cached = 0
+    for event in _stream_build(client, plan, nocache=nocache):
+        if event.kind == "done":
+            image_id = event.data["image_id"]
+            cached = event.data["cached_steps"]
+        else:
+            yield event
+    durations["build"] = time.monotonic() - t0
+    image = client.images.get(image_id)
+    repo, _, tag_part = target.rpartition(":")
+    client.api.tag(image.id, repo, tag_part, force=True)
+    durations["total"] = time.monotonic() - started
+    result = BuildResult(
+        image_id=image.id,
+        tag=target,
+        size=int(image.attrs.get("Size", 0)),
+        durations=durations,
+        spec_digest=plan.spec.digest(),
+        lock_source=plan.lock_source,
+        base_ref=plan.base_ref,
+        cached_steps=cached,
+    )
+    yield BuildEvent("done", f"built {target}", data={"result": result})
+
+
+def render_only(name: str, *, ca_bundle: str | None = None) -> str:
+    return plan_build(name, ca_bundle=ca_bundle, with_requirements=False).dockerfile
+

@@ -1,0 +1,184 @@
+"""Thin commands: parse options, call one core function, show the result.
+
+Only ``main`` turns envkit errors into exit codes (see envkit.errors); tracebacks appear only with
+--debug or ENVKIT_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from envkit import __version__, console
+from envkit.errors import EnvkitError, Interrupted, UsageError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="envkit")
+@click.option("--debug", is_flag=True, envvar="ENVKIT_DEBUG", help="Show tracebacks [env: ENVKIT_DEBUG].")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Build, verify and reproduce pinned PyTorch/CUDA/cuDNN images."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def list_cmd(as_json: bool) -> None:
+    """Show the catalog: name:tag, torch, CUDA, cuDNN, Python, variant."""
+    from envkit.build import resolve_spec
+    from envkit.catalog import list_catalog_paths, load
+
+    rows = []
+    for ref_name, _ in list_catalog_paths():
+        ref = load(ref_name)
+        resolved = resolve_spec(ref)
+        rows.append(
+            {
+                "image": ref_name,
+                "torch": resolved.torch,
+                "torchvision": ref.spec.torchvision,
+                "cuda": resolved.cuda,
+                "cudnn": resolved.cudnn,
+                "nccl": resolved.nccl,
+                "python": ref.spec.python,
+                "variant": ref.spec.variant,
+                "locked": ref.lock_path.is_file(),
+            }
+        )
+    if as_json:
+        console.out.print_json(json.dumps(rows))
+        return
+    table = Table("image", "torch", "CUDA", "cuDNN", "Python", "variant", "locked")
+    for row in rows:
+        table.add_row(
+            row["image"],
+            row["torch"],
+            row["cuda"],
+            row["cudnn"] or "-",
+            row["python"],
+            row["variant"],
+            "yes" if row["locked"] else "no",
+        )
+    console.out.print(table)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE.")
+@click.option("--ca-bundle", envvar="ENVKIT_CA_BUNDLE", help="CA bundle for the builder stage.")
+def render(name: str, output: Path | None, ca_bundle: str | None) -> None:
+    """Print the Dockerfile for NAME (catalog name:tag or spec file). Needs no engine."""
+    from envkit.atomic import write_text
+    from envkit.build import render_only
+
+    text = render_only(name, ca_bundle=ca_bundle)
+    if output:
+        write_text(output, text)
+        console.info(f"wrote {output}")
+    else:
+        sys.stdout.write(text)
+
+
+@cli.command()
+@click.argument("name", default="debian:bookworm")
+@click.option("--mirror", help="Debian mirror URL (default: the spec default).")
+@click.option("--source-date-epoch", type=int, envvar="SOURCE_DATE_EPOCH", default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Bootstrap again even if the image exists.")
+def base(name: str, mirror: str | None, source_date_epoch: int, force: bool) -> None:
+    """Bootstrap a minimal Debian base with mmdebstrap and load it as a local image."""
+    from envkit.base import ensure_base, parse_base_name
+    from envkit.engine import get_client
+
+    plan = parse_base_name(name, mirror=mirror, source_date_epoch=source_date_epoch)
+    client = get_client()
+    progress = console.Progress(f"base {plan.tag}")
+    with progress.running():
+        result = ensure_base(client, plan, force=force, log=lambda line: progress.update("log", line))
+    state = "bootstrapped" if result.created else "already present"
+    console.success(f"{result.tag} {state}: {result.image_id} (rootfs {result.rootfs_sha256})")
+    console.out.print(result.tag)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--tag", "tag", help="Tag for the image (default envkit/NAME:TAG).")
+@click.option("--no-cache", is_flag=True, help="Build every step again.")
+@click.option("--ca-bundle", envvar="ENVKIT_CA_BUNDLE", help="CA bundle for the builder stage "
+              "(default: PIP_CERT, SSL_CERT_FILE or REQUESTS_CA_BUNDLE).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def build(name: str, tag: str | None, no_cache: bool, ca_bundle: str | None, as_json: bool) -> None:
+    """Render and build NAME on the Docker engine."""
+    from envkit.build import build_image, plan_build
+    from envkit.engine import get_client
+
+    if tag is not None:
+        _check_tag(tag)
+    plan = plan_build(name, ca_bundle=ca_bundle)
+    if plan.lock_source == "resolved now":
+        console.warning(f"{plan.ref.display} has no lock; resolved the Python set now (run `envkit lock`)")
+    client = get_client()
+    progress = console.Progress(f"build {tag or plan.tag}")
+    result = None
+    with progress.running():
+        for event in build_image(client, plan, tag=tag, nocache=no_cache):
+            if event.kind == "done":
+                result = event.data["result"]
+            else:
+                progress.update(event.kind, event.message, event.step, event.total)
+    assert result is not None
+    console.success(
+        f"built {result.tag} {result.image_id[:19]} in {result.durations['total']:.1f}s "
+        f"({result.size / 1e9:.2f} GB)"
+    )
+    if as_json:
+        console.out.print_json(json.dumps(result.to_json()))
+
+
+def _check_tag(tag: str) -> None:
+    from envkit.spec import IMAGE_TAG_RE
+
+    repo, sep, tag_part = tag.rpartition(":")
+    if not sep or not repo or not IMAGE_TAG_RE.match(tag_part) or any(c.isupper() for c in repo):
+        raise UsageError(f"--tag {tag!r} is not a valid repository:tag")
+
+
+def _register_optional() -> None:
+    """Commands that live in their own modules."""
+    from envkit.command_registry import register
+
+    register(cli)
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = os.environ.get("ENVKIT_DEBUG", "") not in ("", "0") or "--debug" in (argv or sys.argv[1:])
+    _register_optional()
+    try:
+        cli.main(args=argv, prog_name="envkit", standalone_mode=False)
+    except EnvkitError as error:
+        console.display_error(error, debug=debug)
+        return error.exit_code
+    except click.exceptions.Abort:
+        console.display_error(Interrupted("interrupted"), debug=False)
+        return Interrupted.exit_code
+    except click.ClickException as error:
+        error.show(file=sys.stderr)
+        return UsageError.exit_code
+    except click.exceptions.Exit as exit_:
+        return int(exit_.exit_code)
+    except KeyboardInterrupt:
+        console.display_error(Interrupted("interrupted"), debug=False)
+        return Interrupted.exit_code
+    except Exception as exc:  # an envkit bug: say so, exit 1
+        console.display_internal(exc, debug=debug)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The one rich Console (stderr) and the ways envkit shows progress, results and errors.
+
+Data a machine reads (JSON, rendered Dockerfiles) goes to stdout; everything meant for people goes
+to stderr, with live progress only when stderr is a terminal and plain lines otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from envkit.errors import EnvkitError
+
+console = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def interactive() -> bool:
+    return console.is_terminal
+
+
+def info(message: str) -> None:
+    console.print(message, markup=False)
+
+
+def warning(message: str) -> None:
+    console.print(Text("warning: ", style="yellow bold") + Text(message))
+
+
+def success(message: str) -> None:
+    console.print(Text(message, style="green"))
+
+
+def display_error(error: EnvkitError, *, debug: bool = False) -> None:
+    console.print(Text(f"error ({error.label}): ", style="red bold") + Text(error.message))
+    if error.details:
+        console.print(Text("last output:", style="dim"))
+        for line in error.details.splitlines()[-20:]:
+            console.print(Text("  " + line, style="dim"))
+    if error.hint:
+        console.print(Text("hint: ", style="cyan") + Text(error.hint))
+    if debug:
+        console.print("".join(traceback.format_exception(error)), markup=False)
+
+
+def display_internal(exc: BaseException, *, debug: bool) -> None:
+    console.print(Text("internal error: ", style="red bold") + Text(f"{type(exc).__name__}: {exc}"))
+    if debug:
+        console.print("".join(traceback.format_exception(exc)), markup=False)
+    else:
+        console.print("run again with --debug (or ENVKIT_DEBUG=1) for the traceback", style="dim")
+
+
+def _elapsed(start: float) -> str:
+    seconds = int(time.monotonic() - start)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class Progress:
+    """Shows a stream of (kind, message, step, total) updates, live or as plain lines."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.start = time.monotonic()
+        self.step = ""
+        self.last = ""
+        self._live: Live | None = None
+
+    def _render(self) -> Text:
+        text = Text(f"{self.title}  ", style="bold")
+        text.append(f"[{_elapsed(self.start)}] ", style="cyan")
+        text.append(self.step)
+        if self.last:
+            text.append("\n  " + self.last[-160:], style="dim")
+        return text
+
+    def update(self, kind: str, message: str, step: int | None = None, total: int | None = None) -> None:
+        if kind == "step" and step is not None:
+            self.step = f"step {step}/{total}: {message[:120]}"
+            self.last = ""
+            line = self.step
+        elif kind == "phase":
+            self.step = message
+            line = message
+        else:
+            self.last = message
+            line = "  " + message
+        if self._live is not None:
+            self._live.update(self._render())
+        elif kind in ("step", "phase", "download"):
+            console.print(f"[{_elapsed(self.start):>6}] {line}", markup=False, highlight=False)
+
+    @contextmanager
+    def running(self) -> Iterator[Progress]:
+        if interactive():
+            with Live(self._render(), console=console, refresh_per_second=4, transient=True) as live:
+                self._live = live
+                try:
+                    yield self
+                finally:
+                    self._live = None
+        else:
+            yield self
+
+
+def print_lines(lines: Iterable[str]) -> None:
+    for line in lines:
+        out.print(line, markup=False)
+
+
+def flush() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()

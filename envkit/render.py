@@ -1,0 +1,130 @@
+"""Spec + resolved versions -> Dockerfile text. Pure: no engine, no network, no files written.
+
+Every choice (package lists, sorting, quoting, labels) is made here in Python so the templates
+stay dumb; golden-file tests pin the output.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+
+from envkit import __version__
+from envkit.resources import templates_dir
+from envkit.spec import ImageSpec
+
+# Needed in every final image: the interpreter the venv points at, and public CA roots so users
+# can fetch data over HTTPS at run time (the build's own CA bundle never gets here).
+RUNTIME_PACKAGES = ("ca-certificates",)
+# The builder only needs an interpreter with venv/ensurepip to bootstrap the pinned installer.
+BUILDER_PACKAGES_FMT = ("{python}", "{python}-venv")
+
+
+@dataclass(frozen=True)
+class RenderInput:
+    """Everything the template needs, already chosen, sorted and validated."""
+
+    spec: ImageSpec
+    source: str
+    base_ref: str
+    torch: str
+    torchvision: str | None
+    cuda: str
+    cudnn: str | None
+    nccl: str | None
+    arch_list: tuple[str, ...]
+    min_driver: str | None
+    index_url: str | None = None
+    lock_digest: str | None = None
+    ca_bundle: bool = False
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def python_bin(self) -> str:
+        return f"python{self.spec.python}"
+
+
+def _double_quoted(value: str) -> str:
+    """A Dockerfile double-quoted string. Specs never let a quote, backslash or $ reach here."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["dq"] = _double_quoted
+    return env
+
+
+def labels_for(data: RenderInput) -> dict[str, str]:
+    spec = data.spec
+    labels = {
+        "org.opencontainers.image.title": spec.ref,
+        "org.opencontainers.image.description": spec.description or f"PyTorch {data.torch}",
+        "org.opencontainers.image.version": spec.tag,
+        "org.opencontainers.image.vendor": "envkit",
+        "org.opencontainers.image.base.name": data.base_ref,
+        "io.envkit.name": spec.ref,
+        "io.envkit.variant": spec.variant,
+        "io.envkit.spec-digest": spec.digest(),
+        "io.envkit.envkit-version": __version__,
+        "io.envkit.python": spec.python,
+        "io.envkit.torch": data.torch,
+        "io.envkit.cuda": data.cuda,
+        "io.envkit.arch-list": ",".join(data.arch_list),
+        "io.envkit.source-date-epoch": str(spec.source_date_epoch),
+    }
+    optional = {
+        "io.envkit.torchvision": data.torchvision,
+        "io.envkit.cudnn": data.cudnn,
+        "io.envkit.nccl": data.nccl,
+        "io.envkit.min-driver": data.min_driver,
+        "io.envkit.lock-digest": data.lock_digest,
+    }
+    labels.update({key: value for key, value in optional.items() if value})
+    # The spec's own labels may add, never override what envkit records about the image.
+    for key, value in spec.labels.items():
+        labels.setdefault(key, value)
+    labels.update(data.extra_labels)
+    return dict(sorted(labels.items()))
+
+
+def template_context(data: RenderInput) -> dict[str, Any]:
+    spec = data.spec
+    system = sorted({data.python_bin, *RUNTIME_PACKAGES, *spec.apt})
+    builder = sorted(item.format(python=data.python_bin) for item in BUILDER_PACKAGES_FMT)
+    require_cuda = "" if data.cuda == "cpu" else f"cuda>={data.cuda}"
+    return {
+        "envkit_version": __version__,
+        "source": data.source,
+        "image_ref": spec.ref,
+        "base_ref": data.base_ref,
+        "torch": data.torch,
+        "cuda": data.cuda,
+        "cudnn": data.cudnn,
+        "python": spec.python,
+        "python_bin": data.python_bin,
+        "builder_packages": builder,
+        "system_packages": system,
+        "ca_bundle": data.ca_bundle,
+        "index_url": data.index_url,
+        "source_date_epoch": spec.source_date_epoch,
+        "user": spec.user.name,
+        "uid": spec.user.uid,
+        "require_cuda": require_cuda,
+        "env": sorted(spec.env.items()),
+        "labels": list(labels_for(data).items()),
+    }
+
+
+def render_dockerfile(data: RenderInput) -> str:
+    return _env().get_template("Dockerfile.j2").render(**template_context(data))
