@@ -128,32 +128,12 @@ def plan_build(
     environ: dict[str, str] | None = None,
 ) -> BuildPlan:
     """Everything a build needs, decided up front; raises before any engine work starts."""
-    from envkit import lock as locks  # imported here: rendering alone needs no resolver
-
     ref = load(name)
     resolved = resolve_spec(ref)
     base_plan, base_ref = _base_for(ref)
     bundle = detect_ca_bundle(ca_bundle, environ)
 
-    requirements: str | None = None
-    lock_digest: str | None = None
-    lock_source = "none"
-    if ref.lock_path.is_file():
-        lock = locks.read_lock(ref.lock_path)
-        if locks.is_stale(lock, ref.spec.digest()):
-            raise CompatError(
-                f"{ref.lock_path.name} is stale against {ref.display}",
-                hint=f"run `envkit lock {ref.spec.ref}` and commit the new lock",
-            )
-        requirements = lock.python_requirements
-        lock_digest = locks.lock_digest(lock)
-        lock_source = "file"
-    elif with_requirements:
-        requirements = locks.lock_requirements(
-            top_level_requirements(ref, resolved), python=ref.spec.python, index_url=resolved.index_url
-        )
-        lock_source = "resolved now"
-
+    requirements, lock_digest, lock_source = _requirements_for(ref, resolved, resolve_now=with_requirements)
     render_input = RenderInput(
         spec=ref.spec,
         source=ref.display,
@@ -181,6 +161,37 @@ def plan_build(
         lock_source=lock_source,
         ca_bundle=bundle,
     )
+
+
+def _requirements_for(
+    ref: SpecRef, resolved: compat.Resolved, *, resolve_now: bool
+) -> tuple[str | None, str | None, str]:
+    """The hashed requirements: from the lock beside the spec, or resolved now (needs the network)."""
+    from envkit import lock as locks  # imported here: rendering alone needs no resolver
+
+    if ref.lock_path.is_file():
+        lock = locks.read_lock(ref.lock_path)
+        if locks.is_stale(lock, ref.spec.digest()):
+            raise CompatError(
+                f"{ref.lock_path.name} is stale against {ref.display}",
+                hint=f"run `envkit lock {ref.spec.ref}` and commit the new lock",
+            )
+        return lock.python_requirements, locks.lock_digest(lock), "file"
+    if not resolve_now:
+        return None, None, "none"
+    requirements = locks.lock_requirements(
+        top_level_requirements(ref, resolved), python=ref.spec.python, index_url=resolved.index_url
+    )
+    return requirements, None, "resolved now"
+
+
+def ensure_requirements(plan: BuildPlan) -> BuildPlan:
+    """Fill in the requirements of a plan made without them (resolving needs the network)."""
+    if plan.requirements is not None:
+        return plan
+    requirements, lock_digest, source = _requirements_for(plan.ref, plan.resolved, resolve_now=True)
+    plan.requirements, plan.lock_digest, plan.lock_source = requirements, lock_digest, source
+    return plan
 
 
 def make_context(plan: BuildPlan) -> BuildContext:

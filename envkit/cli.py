@@ -114,15 +114,17 @@ def base(name: str, mirror: str | None, source_date_epoch: int, force: bool) -> 
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def build(name: str, tag: str | None, no_cache: bool, ca_bundle: str | None, as_json: bool) -> None:
     """Render and build NAME on the Docker engine."""
-    from envkit.build import build_image, plan_build
+    from envkit.build import build_image, ensure_requirements, plan_build
     from envkit.engine import get_client
 
     if tag is not None:
         _check_tag(tag)
-    plan = plan_build(name, ca_bundle=ca_bundle)
+    # Order matters: spec and compatibility errors (exit 2) before the engine (3) before the network.
+    plan = plan_build(name, ca_bundle=ca_bundle, with_requirements=False)
+    client = get_client()
+    ensure_requirements(plan)
     if plan.lock_source == "resolved now":
         console.warning(f"{plan.ref.display} has no lock; resolved the Python set now (run `envkit lock`)")
-    client = get_client()
     progress = console.Progress(f"build {tag or plan.tag}")
     result = None
     with progress.running():

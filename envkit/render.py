@@ -41,6 +41,9 @@ class RenderInput:
     lock_digest: str | None = None
     ca_bundle: bool = False
     extra_labels: dict[str, str] = field(default_factory=dict)
+    # From the lock: every package apt would install (dependencies too), pinned to one version.
+    system_pins: dict[str, str] = field(default_factory=dict)
+    builder_pins: dict[str, str] = field(default_factory=dict)
 
     @property
     def python_bin(self) -> str:
@@ -98,10 +101,25 @@ def labels_for(data: RenderInput) -> dict[str, str]:
     return dict(sorted(labels.items()))
 
 
+def system_packages(data: RenderInput) -> list[str]:
+    return sorted({data.python_bin, *RUNTIME_PACKAGES, *data.spec.apt})
+
+
+def builder_packages(data: RenderInput) -> list[str]:
+    return sorted(item.format(python=data.python_bin) for item in BUILDER_PACKAGES_FMT)
+
+
+def _pinned(requested: list[str], pins: dict[str, str]) -> list[str]:
+    """With pins, install the whole pinned set as name=version; without, the requested names."""
+    if not pins:
+        return requested
+    return [f"{name}={version}" for name, version in sorted(pins.items())]
+
+
 def template_context(data: RenderInput) -> dict[str, Any]:
     spec = data.spec
-    system = sorted({data.python_bin, *RUNTIME_PACKAGES, *spec.apt})
-    builder = sorted(item.format(python=data.python_bin) for item in BUILDER_PACKAGES_FMT)
+    system = _pinned(system_packages(data), data.system_pins)
+    builder = _pinned(builder_packages(data), data.builder_pins)
     require_cuda = "" if data.cuda == "cpu" else f"cuda>={data.cuda}"
     return {
         "envkit_version": __version__,

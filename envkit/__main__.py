@@ -1,0 +1,5 @@
+import sys
+
+from envkit.cli import main
+
+sys.exit(main())

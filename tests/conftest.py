@@ -1,0 +1,100 @@
+"""Shared fixtures. Heavy ones (the torch image) are built once per session and removed at the end.
+
+Tests under tests/integration need a real Docker engine; in CI the engine is started by .ci/run, so
+a missing engine is a failure there, never a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_IMAGE = os.environ.get("ENVKIT_TEST_SPEC", "pytorch-cuda:2.8")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.docker)
+
+
+def run_envkit(
+    *args: str, env: dict[str, str] | None = None, timeout: int = 3600
+) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "envkit", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
+
+
+@pytest.fixture(scope="session")
+def docker_client():  # type: ignore[no-untyped-def]
+    from envkit.engine import get_client
+    from envkit.errors import EngineUnreachable
+
+    try:
+        return get_client()
+    except EngineUnreachable as exc:
+        pytest.fail(f"integration tests need a Docker engine: {exc} (run scripts/engine.sh)")
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    tag: str
+    image_id: str
+    build_json: dict
+    marker_cert: str  # PEM text of a CA that was only ever given to the builder stage
+    ca_bundle: Path
+
+
+def _make_marker_bundle(directory: Path) -> tuple[Path, str]:
+    """The host bundle plus a fresh self-signed CA: it must never show up in the image."""
+    key, cert = directory / "marker.key", directory / "marker.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", f"/CN=envkit-test-marker-{uuid.uuid4().hex[:8]}", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    host_bundle = next(
+        (Path(os.environ[v]) for v in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+         if os.environ.get(v) and Path(os.environ[v]).is_file()),
+        Path("/etc/ssl/certs/ca-certificates.crt"),
+    )
+    bundle = directory / "bundle.crt"
+    host_text = host_bundle.read_text() if host_bundle.is_file() else ""
+    bundle.write_text(host_text + "\n" + cert.read_text())
+    return bundle, cert.read_text()
+
+
+@pytest.fixture(scope="session")
+def torch_image(docker_client, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImage]:  # type: ignore[no-untyped-def]
+    """One real build of pytorch-cuda:2.8 through the CLI, shared by every test that needs it."""
+    workdir = tmp_path_factory.mktemp("torch-image")
+    bundle, marker = _make_marker_bundle(workdir)
+    tag = f"envkit-test/pytorch-cuda:2.8-{uuid.uuid4().hex[:8]}"
+    result = run_envkit("build", TEST_IMAGE, "--tag", tag, "--ca-bundle", str(bundle), "--json")
+    if result.returncode != 0:
+        pytest.fail(f"building {TEST_IMAGE} failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
+    data = json.loads(result.stdout)
+    yield BuiltImage(
+        tag=tag, image_id=data["image_id"], build_json=data, marker_cert=marker, ca_bundle=bundle
+    )
+    try:
+        docker_client.images.remove(tag, noprune=False)
+    except Exception:  # cleanup must not hide the test result
+        pass
