@@ -5,7 +5,7 @@ ENVKIT := $(VENV)/bin/envkit
 PY     := $(VENV)/bin/python
 IMAGE  ?= pytorch-cuda:2.8
 
-.PHONY: setup venv engine build render test test-unit test-integration lint bench-build clean
+.PHONY: setup venv engine build render test test-unit test-integration lint bench-build repro clean
 
 setup: venv engine
 
@@ -42,6 +42,10 @@ lint: venv
 
 bench-build: setup
 	$(PY) benchmarks/bench_build.py --image $(IMAGE)
+
+# Two --no-cache builds here and one on a second engine: prints the three image IDs (issue: repro).
+repro: setup
+	scripts/repro-check.sh $(IMAGE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache dist build

@@ -32,7 +32,7 @@ from envkit.errors import (
     NetworkError,
 )
 from envkit.render import RenderInput, render_dockerfile
-from envkit.resources import PACKAGE_DIR, probe_dir
+from envkit.resources import PACKAGE_DIR, probe_dir, templates_dir
 
 TOOLS_LOCK = PACKAGE_DIR / "data" / "tools.txt"
 LOG_TAIL = 25
@@ -133,7 +133,14 @@ def plan_build(
     base_plan, base_ref = _base_for(ref)
     bundle = detect_ca_bundle(ca_bundle, environ)
 
-    requirements, lock_digest, lock_source = _requirements_for(ref, resolved, resolve_now=with_requirements)
+    lock = read_fresh_lock(ref)
+    requirements, lock_digest, lock_source = None, None, "none"
+    if lock is not None:
+        from envkit import lock as locks
+
+        requirements, lock_digest, lock_source = lock.python_requirements, locks.lock_digest(lock), "file"
+    elif with_requirements:
+        requirements, lock_source = resolve_requirements(ref, resolved), "resolved now"
     render_input = RenderInput(
         spec=ref.spec,
         source=ref.display,
@@ -148,6 +155,8 @@ def plan_build(
         index_url=resolved.index_url,
         lock_digest=lock_digest,
         ca_bundle=bundle is not None,
+        system_pins=dict(lock.apt) if lock else {},
+        builder_pins=dict(lock.builder_apt) if lock else {},
     )
     return BuildPlan(
         ref=ref,
@@ -163,34 +172,35 @@ def plan_build(
     )
 
 
-def _requirements_for(
-    ref: SpecRef, resolved: compat.Resolved, *, resolve_now: bool
-) -> tuple[str | None, str | None, str]:
-    """The hashed requirements: from the lock beside the spec, or resolved now (needs the network)."""
+def read_fresh_lock(ref: SpecRef) -> Any:
+    """The lock beside the spec, or None; a lock that no longer matches its spec is an error."""
     from envkit import lock as locks  # imported here: rendering alone needs no resolver
 
-    if ref.lock_path.is_file():
-        lock = locks.read_lock(ref.lock_path)
-        if locks.is_stale(lock, ref.spec.digest()):
-            raise CompatError(
-                f"{ref.lock_path.name} is stale against {ref.display}",
-                hint=f"run `envkit lock {ref.spec.ref}` and commit the new lock",
-            )
-        return lock.python_requirements, locks.lock_digest(lock), "file"
-    if not resolve_now:
-        return None, None, "none"
-    requirements = locks.lock_requirements(
+    if not ref.lock_path.is_file():
+        return None
+    lock = locks.read_lock(ref.lock_path)
+    if locks.is_stale(lock, ref.spec.digest()):
+        raise CompatError(
+            f"{ref.lock_path.name} is stale against {ref.display}",
+            hint=f"run `envkit lock {ref.spec.ref}` and commit the new lock",
+        )
+    return lock
+
+
+def resolve_requirements(ref: SpecRef, resolved: compat.Resolved) -> str:
+    """Resolve the hashed Python set now, with uv (needs the network)."""
+    from envkit import lock as locks
+
+    return locks.lock_requirements(
         top_level_requirements(ref, resolved), python=ref.spec.python, index_url=resolved.index_url
     )
-    return requirements, None, "resolved now"
 
 
 def ensure_requirements(plan: BuildPlan) -> BuildPlan:
     """Fill in the requirements of a plan made without them (resolving needs the network)."""
-    if plan.requirements is not None:
-        return plan
-    requirements, lock_digest, source = _requirements_for(plan.ref, plan.resolved, resolve_now=True)
-    plan.requirements, plan.lock_digest, plan.lock_source = requirements, lock_digest, source
+    if plan.requirements is None:
+        plan.requirements = resolve_requirements(plan.ref, plan.resolved)
+        plan.lock_source = "resolved now"
     return plan
 
 
@@ -204,6 +214,9 @@ def make_context(plan: BuildPlan) -> BuildContext:
     if plan.ca_bundle is not None:
         context.add("build/ca-bundle.crt", plan.ca_bundle.read_bytes())
     context.add_tree("probe", probe_dir())
+    files = templates_dir() / "files"
+    if files.is_dir():
+        context.add_tree("files", files)
     return context
 
 
@@ -217,6 +230,8 @@ class BuildResult:
     lock_source: str
     base_ref: str
     cached_steps: int = 0
+    unsealed_id: str = ""
+    sealed: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -228,6 +243,8 @@ class BuildResult:
             "lock": self.lock_source,
             "base": self.base_ref,
             "cached_steps": self.cached_steps,
+            "unsealed_id": self.unsealed_id,
+            "sealed": self.sealed,
         }
 
 
@@ -350,8 +367,9 @@ def build_image(
     *,
     tag: str | None = None,
     nocache: bool = False,
+    seal: bool = True,
 ) -> Iterator[BuildEvent]:
-    """Build ``plan`` and move ``tag`` (default: the spec's tag) to it; yields progress events.
+    """Build ``plan``, seal it, and move ``tag`` (default: the spec's tag) to it; yields events.
 
     The final event is ``done`` with ``data["result"]`` a BuildResult.
     """
@@ -382,7 +400,13 @@ def build_image(
         else:
             yield event
     durations["build"] = time.monotonic() - t0
-    image = client.images.get(image_id)
+    unsealed = client.images.get(image_id)
+    final_id = unsealed.id
+    if seal:
+        t0 = time.monotonic()
+        final_id = yield from _seal(client, unsealed.id, plan.spec.source_date_epoch, nocache=nocache)
+        durations["seal"] = time.monotonic() - t0
+    image = client.images.get(final_id)
     repo, _, tag_part = target.rpartition(":")
     client.api.tag(image.id, repo, tag_part, force=True)
     durations["total"] = time.monotonic() - started
@@ -395,8 +419,30 @@ def build_image(
         lock_source=plan.lock_source,
         base_ref=plan.base_ref,
         cached_steps=cached,
+        unsealed_id=unsealed.id,
+        sealed=seal,
     )
     yield BuildEvent("done", f"built {target}", data={"result": result})
+
+
+def _seal(
+    client: docker.DockerClient, unsealed_id: str, epoch: int, *, nocache: bool
+) -> Iterator[BuildEvent]:
+    """Seal the fresh build (untagged, so a failure leaves every tag where it was)."""
+    from envkit import sealcache
+    from envkit.seal import seal_image
+
+    known = None if nocache else sealcache.lookup(client, unsealed_id)
+    if known:
+        yield BuildEvent("phase", f"seal: unchanged build, sealed image {known[7:19]} reused")
+        return known
+    yield BuildEvent("phase", "seal: rewriting layers deterministically")
+    messages: list[str] = []
+    result = seal_image(client, unsealed_id, source_date_epoch=epoch, tag=None, progress=messages.append)
+    for message in messages:
+        yield BuildEvent("log", message)
+    sealcache.remember(client, unsealed_id, result.image_id)
+    return result.image_id
 
 
 def render_only(name: str, *, ca_bundle: str | None = None) -> str:

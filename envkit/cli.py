@@ -111,8 +111,11 @@ def base(name: str, mirror: str | None, source_date_epoch: int, force: bool) -> 
 @click.option("--no-cache", is_flag=True, help="Build every step again.")
 @click.option("--ca-bundle", envvar="ENVKIT_CA_BUNDLE", help="CA bundle for the builder stage "
               "(default: PIP_CERT, SSL_CERT_FILE or REQUESTS_CA_BUNDLE).")
+@click.option("--no-seal", is_flag=True, help="Skip rewriting the image into deterministic layers.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def build(name: str, tag: str | None, no_cache: bool, ca_bundle: str | None, as_json: bool) -> None:
+def build(
+    name: str, tag: str | None, no_cache: bool, ca_bundle: str | None, no_seal: bool, as_json: bool
+) -> None:
     """Render and build NAME on the Docker engine."""
     from envkit.build import build_image, ensure_requirements, plan_build
     from envkit.engine import get_client
@@ -128,7 +131,7 @@ def build(name: str, tag: str | None, no_cache: bool, ca_bundle: str | None, as_
     progress = console.Progress(f"build {tag or plan.tag}")
     result = None
     with progress.running():
-        for event in build_image(client, plan, tag=tag, nocache=no_cache):
+        for event in build_image(client, plan, tag=tag, nocache=no_cache, seal=not no_seal):
             if event.kind == "done":
                 result = event.data["result"]
             else:
@@ -140,6 +143,112 @@ def build(name: str, tag: str | None, no_cache: bool, ca_bundle: str | None, as_
     )
     if as_json:
         console.out.print_json(json.dumps(result.to_json()))
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_images", is_flag=True, help="Every catalog image.")
+@click.option("--check", is_flag=True, help="Only check: exit 9 when a lock is stale or missing.")
+def lock(names: tuple[str, ...], all_images: bool, check: bool) -> None:
+    """Resolve and write images/<name>/<tag>.lock (wheels with hashes, base, apt versions)."""
+    from envkit.errors import ReproMismatch
+    from envkit.locking import check_locks, make_lock
+
+    if check:
+        statuses = check_locks(list(names) or None)
+        for status in statuses:
+            console.info(f"{status.name:<28} {status.state}")
+        bad = [s.name for s in statuses if s.state != "fresh"]
+        if bad:
+            raise ReproMismatch(
+                f"{len(bad)} lock(s) do not match their spec: {', '.join(bad)}",
+                hint="run `envkit lock NAME` and commit the new lock",
+            )
+        console.success(f"all {len(statuses)} lock(s) match their specs")
+        return
+    if not names and not all_images:
+        raise UsageError("name an image to lock, or pass --all")
+    from envkit.catalog import list_catalog_paths
+    from envkit.engine import get_client
+
+    targets = list(names) or [ref for ref, _ in list_catalog_paths()]
+    client = get_client()
+    for name in targets:
+        plan, written = make_lock(client, name, log=console.info)
+        console.success(
+            f"{plan.ref.lock_path.name}: {len(written.packages)} wheels, {len(written.apt)} apt packages, "
+            f"base {written.base.get('rootfs', written.base.get('ref'))}"
+        )
+
+
+@cli.command()
+@click.argument("target")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Manifest file to write (atomically).")
+@click.option("--with-host", is_flag=True, help="Record this host's driver, GPUs and engine version.")
+@click.option("--verify-report", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A JSON report from `envkit verify --json` to keep in the manifest.")
+def snapshot(target: str, output: Path, with_host: bool, verify_report: Path | None) -> None:
+    """Write a manifest of everything that defines NAME or IMAGE."""
+    from envkit.engine import engine_version, get_client
+    from envkit.snapshot import snapshot as take
+    from envkit.snapshot import write_manifest
+
+    client = get_client()
+    host = None
+    if with_host:
+        from envkit.doctor import read_host
+
+        host = {"engine": engine_version(client), **read_host().to_json()}
+    report = json.loads(verify_report.read_text()) if verify_report else None
+    manifest = take(client, target, host=host, verify_report=report)
+    write_manifest(output, manifest)
+    for problem in manifest.lock_mismatches:
+        console.warning(f"image and lock disagree: {problem}")
+    console.success(
+        f"wrote {output}: {manifest.image.id[:19]}, {len(manifest.python_packages)} Python and "
+        f"{len(manifest.apt_packages)} apt packages"
+    )
+
+
+@cli.command()
+@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--tag", help="Tag for the restored image (default: the manifest's first tag).")
+@click.option("--no-cache", is_flag=True, help="Rebuild every step.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def restore(manifest_path: Path, tag: str | None, no_cache: bool, as_json: bool) -> None:
+    """Rebuild the image a manifest describes and prove it is the same image (exit 9 if not)."""
+    from envkit.engine import get_client
+    from envkit.errors import ReproMismatch
+    from envkit.snapshot import read_manifest, restore_events
+
+    manifest = read_manifest(manifest_path)
+    if tag is not None:
+        _check_tag(tag)
+    client = get_client()
+    progress = console.Progress(f"restore {manifest_path}")
+    result = None
+    with progress.running():
+        for event in restore_events(client, manifest, tag=tag, nocache=no_cache):
+            if event.kind == "done":
+                result = event.data["result"]
+            else:
+                progress.update(event.kind, event.message, event.step, event.total)
+    assert result is not None
+    identical = result.image_id == manifest.image.id
+    if as_json:
+        console.out.print_json(json.dumps({**result.to_json(), "expected": manifest.image.id,
+                                           "identical": identical}))
+    if identical:
+        console.success(f"identical: {result.tag} is {result.image_id}, the manifest's image")
+        return
+    from envkit.diff import diff_images
+    from envkit.diff import render as render_diff
+    from envkit.snapshot import diff_view
+
+    difference = diff_images(client, diff_view(manifest), result.image_id)
+    render_diff(difference, console.console)
+    raise ReproMismatch(f"restored {result.image_id}, the manifest records {manifest.image.id}")
 
 
 def _check_tag(tag: str) -> None:

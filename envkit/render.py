@@ -125,6 +125,7 @@ def template_context(data: RenderInput) -> dict[str, Any]:
         "envkit_version": __version__,
         "source": data.source,
         "image_ref": spec.ref,
+        "variant": spec.variant,
         "base_ref": data.base_ref,
         "torch": data.torch,
         "cuda": data.cuda,

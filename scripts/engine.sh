@@ -43,8 +43,20 @@ if [ -n "$exec_root" ]; then
   args+=(--exec-root "$exec_root" --pidfile "$exec_root/dockerd.pid")
 fi
 if [ "$sock" != /var/run/docker.sock ]; then
-  # A second engine must not fight the first over the default bridge.
-  args+=(--bridge none --iptables=false)
+  # A second engine must not fight the first over docker0 or its iptables chains: give it a bridge
+  # of its own on another subnet, with a NAT rule so its build containers still reach the mirrors.
+  bridge="${ENVKIT_DOCKERD_BRIDGE:-envkit-br1}"
+  subnet="${ENVKIT_DOCKERD_SUBNET:-172.31.250}"
+  if ! ip link show "$bridge" >/dev/null 2>&1; then
+    ip link add "$bridge" type bridge
+    ip addr add "$subnet.1/24" dev "$bridge"
+  fi
+  ip link set "$bridge" up
+  iptables -t nat -C POSTROUTING -s "$subnet.0/24" ! -o "$bridge" -j MASQUERADE 2>/dev/null \
+    || iptables -t nat -A POSTROUTING -s "$subnet.0/24" ! -o "$bridge" -j MASQUERADE
+  iptables -C FORWARD -i "$bridge" -j ACCEPT 2>/dev/null || iptables -I FORWARD -i "$bridge" -j ACCEPT
+  iptables -C FORWARD -o "$bridge" -j ACCEPT 2>/dev/null || iptables -I FORWARD -o "$bridge" -j ACCEPT
+  args+=(--bridge "$bridge" --iptables=false --ip-masq=false)
 fi
 echo "engine.sh: starting dockerd on $sock (data-root $data_root, log $log)" >&2
 nohup dockerd "${args[@]}" >>"$log" 2>&1 </dev/null &

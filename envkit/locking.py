@@ -1,0 +1,87 @@
+"""Make and check the lock beside each spec: Python wheels with hashes, the base, apt versions.
+
+The Python set is resolved with uv for the image's platform and Python; the base is bootstrapped
+(or taken by digest) and the apt packages are pinned by a dry run inside it, so a lock needs the
+network and a Docker engine, while checking one needs neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import docker
+
+from envkit import lock as locks
+from envkit.aptlock import resolve_apt
+from envkit.base import ensure_base
+from envkit.build import BuildPlan, plan_build, top_level_requirements
+from envkit.catalog import list_catalog_paths, load
+from envkit.render import builder_packages, system_packages
+
+PLATFORMS = {"linux/amd64": "x86_64-manylinux_2_28", "linux/arm64": "aarch64-manylinux_2_28"}
+
+
+def make_lock(
+    client: docker.DockerClient, name: str, *, log: Callable[[str], None] | None = None
+) -> tuple[BuildPlan, locks.LockFile]:
+    say = log or (lambda _msg: None)
+    plan = plan_build(name, with_requirements=False)
+    spec = plan.spec
+    say(f"{spec.ref}: resolving the Python set with uv")
+    requirements = locks.lock_requirements(
+        top_level_requirements(plan.ref, plan.resolved),
+        python=spec.python,
+        platform=PLATFORMS[spec.platform],
+        index_url=plan.resolved.index_url,
+    )
+    base: dict[str, str] = {"ref": plan.base_ref}
+    if plan.base_plan is not None:
+        say(f"{spec.ref}: base {plan.base_ref}")
+        result = ensure_base(client, plan.base_plan)
+        base.update(
+            {
+                "suite": plan.base_plan.bootstrap.suite,
+                "mirror": plan.base_plan.bootstrap.mirror,
+                "variant": plan.base_plan.bootstrap.variant,
+                "image_id": result.image_id,
+                "rootfs": result.rootfs_sha256,
+            }
+        )
+    else:
+        base["image_id"] = client.images.get(plan.base_ref).id
+    say(f"{spec.ref}: pinning apt packages by a dry run in the base")
+    pins = resolve_apt(
+        client,
+        plan.base_ref,
+        {"system": system_packages(plan.render_input), "builder": builder_packages(plan.render_input)},
+    )
+    lock = locks.LockFile(
+        spec_digest=spec.digest(),
+        source_date_epoch=spec.source_date_epoch,
+        base=base,
+        apt=pins.get("system", {}),
+        builder_apt=pins.get("builder", {}),
+        python_requirements=requirements,
+        packages=locks.parse_locked(requirements),
+    )
+    locks.write_lock(plan.ref.lock_path, lock)
+    return plan, lock
+
+
+@dataclass(frozen=True)
+class LockStatus:
+    name: str
+    state: str  # "fresh", "stale", "missing"
+
+
+def check_locks(names: list[str] | None = None) -> list[LockStatus]:
+    statuses = []
+    for name in names or [ref for ref, _ in list_catalog_paths()]:
+        ref = load(name)
+        if not ref.lock_path.is_file():
+            statuses.append(LockStatus(name, "missing"))
+            continue
+        lock = locks.read_lock(ref.lock_path)
+        statuses.append(LockStatus(name, "stale" if locks.is_stale(lock, ref.spec.digest()) else "fresh"))
+    return statuses

@@ -1,0 +1,51 @@
+"""Remember which sealed image each unsealed build became, per engine.
+
+Sealing a multi-GB image takes minutes; a rebuild with nothing changed gives the same unsealed ID
+from the engine's cache, so the sealed ID is known already. The record is only a shortcut: it is
+used when the sealed image still exists on that engine and carries the same layers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from envkit.atomic import write_text
+
+
+def cache_path() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "envkit" / "sealed.json"
+
+
+def _read() -> dict[str, dict[str, str]]:
+    try:
+        data = json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _engine_id(client: docker.DockerClient) -> str:
+    return str(client.info().get("ID", "unknown"))
+
+
+def lookup(client: docker.DockerClient, unsealed_id: str) -> str | None:
+    sealed = _read().get(_engine_id(client), {}).get(unsealed_id)
+    if not sealed:
+        return None
+    try:
+        client.images.get(sealed)
+    except docker.errors.ImageNotFound:
+        return None
+    return sealed
+
+
+def remember(client: docker.DockerClient, unsealed_id: str, sealed_id: str) -> None:
+    data = _read()
+    data.setdefault(_engine_id(client), {})[unsealed_id] = sealed_id
+    write_text(cache_path(), json.dumps(data, indent=1, sort_keys=True) + "\n")

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Reproducibility check: two --no-cache builds of IMAGE on this engine, and a third on a second
+# engine with its own data-root (standing in for a second machine). Prints the three image IDs and
+# their layer digests; exits 9 unless all three are the same image.
+#
+#   scripts/repro-check.sh [IMAGE]        (default pytorch-cuda:2.8; `make repro` runs it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+image="${1:-pytorch-cuda:2.8}"
+envkit="${ENVKIT:-.venv/bin/envkit}"
+second_sock="${ENVKIT_SECOND_SOCK:-/run/envkit-docker2.sock}"
+
+build_id() {
+  # envkit prints one JSON object on stdout with --json; progress goes to stderr.
+  "$envkit" build "$image" --no-cache --json "$@" | python3 -c 'import json,sys; print(json.load(sys.stdin)["image_id"])'
+}
+
+layers() {
+  docker -H "$1" image inspect --format '{{range .RootFS.Layers}}{{println .}}{{end}}' "$2"
+}
+
+scripts/engine.sh
+echo "== build 1 of $image (this engine, --no-cache)" >&2
+id1=$(build_id)
+layers1=$(layers unix:///var/run/docker.sock "$id1")
+echo "== build 2 of $image (this engine, --no-cache)" >&2
+id2=$(build_id)
+layers2=$(layers unix:///var/run/docker.sock "$id2")
+
+ENVKIT_DOCKER_SOCK="$second_sock" ENVKIT_DOCKERD_ROOT=/var/lib/envkit-docker2 \
+  ENVKIT_DOCKERD_EXEC_ROOT=/run/envkit-docker2 ENVKIT_DOCKERD_LOG=/var/log/envkit-dockerd2.log \
+  scripts/engine.sh
+echo "== build 3 of $image (second engine, own data-root, --no-cache)" >&2
+id3=$(DOCKER_HOST="unix://$second_sock" build_id)
+layers3=$(layers "unix://$second_sock" "$id3")
+
+echo "build 1 (engine 1): $id1"
+echo "build 2 (engine 1): $id2"
+echo "build 3 (engine 2): $id3"
+echo "layers:"
+echo "$layers1" | sed 's/^/  /'
+if [ "$id1" = "$id2" ] && [ "$id1" = "$id3" ] && [ "$layers1" = "$layers2" ] && [ "$layers1" = "$layers3" ]; then
+  echo "identical: same image ID and layer digests on both engines"
+  exit 0
+fi
+echo "DIFFERENT: run \`envkit diff\` on the IDs above to see why" >&2
+exit 9

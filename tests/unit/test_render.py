@@ -1,0 +1,76 @@
+"""Rendering is pure and pinned by golden files (ENVKIT_UPDATE_GOLDEN=1 rewrites them)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from envkit.build import plan_build
+from envkit.render import labels_for
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+NO_CA: dict[str, str] = {}
+
+
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("ENVKIT_UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.is_file(), f"missing golden file {path.name}; run with ENVKIT_UPDATE_GOLDEN=1 once"
+    assert text == path.read_text(), f"rendered Dockerfile differs from {path.name}"
+
+
+@pytest.mark.parametrize("image", ["pytorch-cuda:2.6", "pytorch-cuda:2.7", "pytorch-cuda:2.8"])
+def test_catalog_dockerfiles_match_golden_files(image: str) -> None:
+    plan = plan_build(image, with_requirements=False, environ=NO_CA)
+    _golden(image.replace(":", "-") + ".Dockerfile", plan.dockerfile)
+
+
+def test_ca_bundle_reaches_only_the_builder_stage(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    text = plan_build("pytorch-cuda:2.8", ca_bundle=str(bundle), with_requirements=False).dockerfile
+    builder, final = re.split(r"(?m)^FROM (?!.* AS builder)", text, maxsplit=1)
+    assert "ca-bundle.crt" in builder and "SSL_CERT_FILE" in builder
+    assert "ca-bundle" not in final and "SSL_CERT_FILE" not in final and "PIP_CERT" not in final
+    assert "PROXY" not in text.upper().replace("NO_PROXY", "")
+
+
+def test_dockerfile_hygiene() -> None:
+    text = plan_build("pytorch-cuda:2.8", with_requirements=False, environ=NO_CA).dockerfile
+    assert text.count('SHELL ["/bin/bash", "-o", "pipefail", "-c"]') == 2
+    for line in re.findall(r"apt-get install[^\n]*", text):
+        assert "--no-install-recommends" in line
+    assert text.count("rm -rf /var/lib/apt/lists/*") == 2
+    assert "--require-hashes --only-binary :all:" in text
+    assert "ADD " not in text
+    # The last USER is the non-root default user and the final command is in JSON form.
+    users = re.findall(r"(?m)^USER (.+)$", text)
+    assert users[-1] == "1000:1000"
+    assert text.rstrip().endswith('CMD ["python"]')
+    assert 'NVIDIA_REQUIRE_CUDA="cuda>=12.8"' in text
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in text
+
+
+def test_labels_carry_spec_digest_and_resolved_versions() -> None:
+    plan = plan_build("pytorch-cuda:2.8", with_requirements=False, environ=NO_CA)
+    labels = labels_for(plan.render_input)
+    assert labels["io.envkit.spec-digest"] == plan.spec.digest()
+    assert labels["io.envkit.torch"] == "2.8.0"
+    assert labels["io.envkit.cuda"] == "12.8"
+    assert labels["io.envkit.cudnn"] == plan.resolved.cudnn
+    assert labels["org.opencontainers.image.title"] == "pytorch-cuda:2.8"
+    assert list(labels) == sorted(labels)
+
+
+def test_render_cli_works_without_an_engine(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from envkit.cli import main
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    assert main(["render", "pytorch-cuda:2.8"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# Rendered by envkit")
+    assert "FROM envkit/debian:bookworm" in out

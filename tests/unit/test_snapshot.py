@@ -1,0 +1,110 @@
+"""Manifests: canonical JSON with a digest over its content; edits, truncation and newer schemas refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from envkit.errors import IntegrityError, UsageError
+from envkit.snapshot import (
+    SCHEMA_VERSION,
+    ImageRecord,
+    Manifest,
+    StackVersions,
+    content_digest,
+    python_packages_against_lock,
+    read_manifest,
+    write_manifest,
+)
+
+
+def _manifest() -> Manifest:
+    installed = {
+        "torch": {"version": "2.8.0", "record_sha256": "sha256:" + "1" * 64},
+        "six": {"version": "1.17.0", "record_sha256": "sha256:" + "2" * 64},
+    }
+    lock = {"packages": {"torch": {"version": "2.8.0", "hashes": ["sha256:" + "a" * 64]},
+                         "six": {"version": "1.16.0", "hashes": ["sha256:" + "b" * 64]}}}
+    packages, mismatches = python_packages_against_lock(installed, lock)
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        envkit_version="0.1.0",
+        source="images/pytorch-cuda/2.8.yaml",
+        image=ImageRecord(id="sha256:" + "c" * 64, layers=["sha256:" + "d" * 64], tags=["envkit/x:1"], size=10),
+        spec={"name": "x", "tag": "1"},
+        spec_digest="sha256:" + "e" * 64,
+        lock=lock,
+        base={"ref": "envkit/debian:bookworm"},
+        source_date_epoch=1761955200,
+        apt_packages={"python3.11": "3.11.2-6+deb12u6"},
+        python_packages=packages,
+        lock_mismatches=mismatches,
+        stack=StackVersions(torch="2.8.0", cuda="12.8", cudnn="9.10.2.21", nccl="2.27.3", python="3.11",
+                            arch_list=["sm_90"]),
+        env=["PATH=/opt/venv/bin"],
+        labels={"io.envkit.name": "x:1"},
+    )
+
+
+def test_lock_mismatches_are_reported() -> None:
+    manifest = _manifest()
+    assert manifest.lock_mismatches == ["six: installed 1.17.0, lock 1.16.0"]
+    assert manifest.python_packages["torch"].lock_hashes == ["sha256:" + "a" * 64]
+
+
+def test_round_trip_is_canonical_and_digest_checked(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    write_manifest(path, _manifest())
+    data = json.loads(path.read_text())
+    assert list(data) == sorted(data)
+    assert data["digest"] == content_digest(data)
+    loaded = read_manifest(path)
+    assert loaded.image.id == "sha256:" + "c" * 64
+    write_manifest(tmp_path / "again.json", loaded)
+    assert (tmp_path / "again.json").read_text() == path.read_text()
+
+
+def test_edited_manifest_is_refused_with_exit_5(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    write_manifest(path, _manifest())
+    path.write_text(path.read_text().replace("2.8.0", "2.8.1", 1))
+    with pytest.raises(IntegrityError, match="does not match its digest") as info:
+        read_manifest(path)
+    assert info.value.exit_code == 5
+
+
+def test_truncated_manifest_is_refused_with_exit_5(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    write_manifest(path, _manifest())
+    path.write_text(path.read_text()[:200])
+    with pytest.raises(IntegrityError) as info:
+        read_manifest(path)
+    assert info.value.exit_code == 5
+
+
+def test_newer_schema_is_refused_with_exit_2(tmp_path: Path) -> None:
+    data = _manifest().model_dump(mode="json")
+    data["schema_version"] = SCHEMA_VERSION + 1
+    data["digest"] = content_digest(data)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UsageError, match="schema_version") as info:
+        read_manifest(path)
+    assert info.value.exit_code == 2
+
+
+def test_failed_write_keeps_the_previous_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "m.json"
+    write_manifest(path, _manifest())
+    before = path.read_text()
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("os.replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_manifest(path, _manifest().model_copy(update={"source": "elsewhere"}))
+    assert path.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
