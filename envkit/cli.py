@@ -55,6 +55,7 @@ def list_cmd(as_json: bool) -> None:
         console.out.print_json(json.dumps(rows))
         return
     table = Table("image", "torch", "CUDA", "cuDNN", "Python", "variant", "locked")
+    table.columns[0].no_wrap = True
     for row in rows:
         table.add_row(
             row["image"],

@@ -1,0 +1,123 @@
+# Rendered by envkit 0.1.0 from images/pytorch-cuda/2.6.yaml; do not edit, edit the spec.
+# pytorch-cuda:2.6: torch 2.6.0 / CUDA 12.4 / cuDNN 9.1.0.70 / Python 3.11
+#
+# Two stages. The builder is the only place the build's CA bundle and proxy settings exist; the
+# final stage copies the finished Python environment in, so none of them reach the image.
+FROM envkit/debian:bookworm-minbase-33760934346d AS builder
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      ca-certificates=20230311+deb12u1 \
+      libexpat1=2.5.0-1+deb12u2 \
+      libgssapi-krb5-2=1.20.1-2+deb12u5 \
+      libk5crypto3=1.20.1-2+deb12u5 \
+      libkeyutils1=1.6.3-2 \
+      libkrb5-3=1.20.1-2+deb12u5 \
+      libkrb5support0=1.20.1-2+deb12u5 \
+      libncursesw6=6.4-4 \
+      libnsl2=1.3.0-2 \
+      libpython3-stdlib=3.11.2-1+b1 \
+      libpython3.11-minimal=3.11.2-6+deb12u8 \
+      libpython3.11-stdlib=3.11.2-6+deb12u8 \
+      libreadline8=8.2-1.3 \
+      libsqlite3-0=3.40.1-2+deb12u2 \
+      libssl3=3.0.20-1~deb12u2 \
+      libtirpc-common=1.3.3+ds-1 \
+      libtirpc3=1.3.3+ds-1 \
+      media-types=10.0.0 \
+      openssl=3.0.20-1~deb12u2 \
+      python3=3.11.2-1+b1 \
+      python3-distutils=3.11.2-3 \
+      python3-lib2to3=3.11.2-3 \
+      python3-minimal=3.11.2-1+b1 \
+      python3-pip-whl=23.0.1+dfsg-1 \
+      python3-setuptools-whl=66.1.1-1+deb12u2 \
+      python3.11=3.11.2-6+deb12u8 \
+      python3.11-minimal=3.11.2-6+deb12u8 \
+      python3.11-venv=3.11.2-6+deb12u8 \
+      readline-common=8.2-1.3 \
+ && rm -rf /var/lib/apt/lists/*
+ENV PIP_NO_CACHE_DIR=1 \
+    NO_COLOR=1 \
+    UV_NO_PROGRESS=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_NO_CACHE=1 \
+    UV_PYTHON_DOWNLOADS=never
+# The installer itself is pinned by hash, like everything it installs.
+COPY build/tools.txt /tmp/envkit/tools.txt
+RUN python3.11 -m venv /opt/envkit-tools \
+ && /opt/envkit-tools/bin/pip install --require-hashes --only-binary :all: -r /tmp/envkit/tools.txt
+COPY build/requirements.txt /tmp/envkit/requirements.txt
+# Binary wheels only, every file checked against the lock's sha256. Bytecode is compiled as
+# checked-hash (PEP 552) so it does not embed the time of the build.
+RUN /opt/envkit-tools/bin/uv venv --python /usr/bin/python3.11 /opt/venv \
+ && /opt/envkit-tools/bin/uv pip install --python /opt/venv/bin/python --require-hashes --only-binary :all: \
+      --no-deps -r /tmp/envkit/requirements.txt \
+ && SOURCE_DATE_EPOCH=1761955200 /opt/venv/bin/python -m compileall -q -j 0 \
+      --invalidation-mode checked-hash /opt/venv/lib/python3.11/site-packages > /dev/null
+
+FROM envkit/debian:bookworm-minbase-33760934346d
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Layer 1, system packages and the default user: changes least after the base, so it comes first.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      ca-certificates=20230311+deb12u1 \
+      libexpat1=2.5.0-1+deb12u2 \
+      libgssapi-krb5-2=1.20.1-2+deb12u5 \
+      libk5crypto3=1.20.1-2+deb12u5 \
+      libkeyutils1=1.6.3-2 \
+      libkrb5-3=1.20.1-2+deb12u5 \
+      libkrb5support0=1.20.1-2+deb12u5 \
+      libncursesw6=6.4-4 \
+      libnsl2=1.3.0-2 \
+      libpython3.11-minimal=3.11.2-6+deb12u8 \
+      libpython3.11-stdlib=3.11.2-6+deb12u8 \
+      libreadline8=8.2-1.3 \
+      libsqlite3-0=3.40.1-2+deb12u2 \
+      libssl3=3.0.20-1~deb12u2 \
+      libtirpc-common=1.3.3+ds-1 \
+      libtirpc3=1.3.3+ds-1 \
+      media-types=10.0.0 \
+      openssl=3.0.20-1~deb12u2 \
+      python3.11=3.11.2-6+deb12u8 \
+      python3.11-minimal=3.11.2-6+deb12u8 \
+      readline-common=8.2-1.3 \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/ldconfig/aux-cache /var/log/apt /var/log/dpkg.log \
+ && groupadd --gid 1000 envkit \
+ && SOURCE_DATE_EPOCH=1761955200 useradd --no-log-init --uid 1000 --gid 1000 \
+      --create-home --shell /bin/bash envkit \
+ && install -d -o 1000 -g 1000 /workspace
+# Layer 2, the Python environment: the largest layer, rebuilt only when the lock changes.
+COPY --from=builder /opt/venv /opt/venv
+# Layer 3, envkit's own files (probe and benchmark scripts): small, and they change most often.
+COPY probe/ /opt/envkit/probe/
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    VIRTUAL_ENV=/opt/venv \
+    PYTHONUNBUFFERED=1 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    NVIDIA_REQUIRE_CUDA="cuda>=12.4"
+LABEL \
+      "io.envkit.arch-list"="sm_50,sm_60,sm_70,sm_75,sm_80,sm_86,sm_90" \
+      "io.envkit.cuda"="12.4" \
+      "io.envkit.cudnn"="9.1.0.70" \
+      "io.envkit.envkit-version"="0.1.0" \
+      "io.envkit.lock-digest"="sha256:e51b33c3278fd2fc86f127d56047b278cc7be7f38ee68862d491d76182c0e296" \
+      "io.envkit.min-driver"="550.54.14" \
+      "io.envkit.name"="pytorch-cuda:2.6" \
+      "io.envkit.nccl"="2.21.5" \
+      "io.envkit.python"="3.11" \
+      "io.envkit.source-date-epoch"="1761955200" \
+      "io.envkit.spec-digest"="sha256:9e761426dba9f11764f945cbd39afbef8d9e97c68707b8f148f81204a2714b20" \
+      "io.envkit.torch"="2.6.0" \
+      "io.envkit.torchvision"="0.21.0" \
+      "io.envkit.variant"="runtime" \
+      "org.opencontainers.image.base.name"="envkit/debian:bookworm-minbase-33760934346d" \
+      "org.opencontainers.image.description"="PyTorch 2.6.0 with CUDA 12.4 and cuDNN 9 on Debian bookworm" \
+      "org.opencontainers.image.title"="pytorch-cuda:2.6" \
+      "org.opencontainers.image.vendor"="envkit" \
+      "org.opencontainers.image.version"="2.6"
+USER 1000:1000
+WORKDIR /workspace
+CMD ["python"]
