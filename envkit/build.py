@@ -126,6 +126,7 @@ def plan_build(
     ca_bundle: str | None = None,
     with_requirements: bool = True,
     environ: dict[str, str] | None = None,
+    use_lock: bool = True,
 ) -> BuildPlan:
     """Everything a build needs, decided up front; raises before any engine work starts."""
     ref = load(name)
@@ -133,7 +134,7 @@ def plan_build(
     base_plan, base_ref = _base_for(ref)
     bundle = detect_ca_bundle(ca_bundle, environ)
 
-    lock = read_fresh_lock(ref)
+    lock = read_fresh_lock(ref) if use_lock else None
     requirements, lock_digest, lock_source = None, None, "none"
     if lock is not None:
         from envkit import lock as locks

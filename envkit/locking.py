@@ -26,7 +26,7 @@ def make_lock(
     client: docker.DockerClient, name: str, *, log: Callable[[str], None] | None = None
 ) -> tuple[BuildPlan, locks.LockFile]:
     say = log or (lambda _msg: None)
-    plan = plan_build(name, with_requirements=False)
+    plan = plan_build(name, with_requirements=False, use_lock=False)
     spec = plan.spec
     say(f"{spec.ref}: resolving the Python set with uv")
     requirements = locks.lock_requirements(
