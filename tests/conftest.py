@@ -41,6 +41,32 @@ def run_envkit(
     )
 
 
+def image_ids(client) -> set[str]:  # type: ignore[no-untyped-def]
+    """Every image ID on the engine, intermediate ones included."""
+    return {image["Id"] for image in client.api.images(all=True)}
+
+
+def remove_new_images(client, before: set[str], keep: tuple[str, ...] = ()) -> None:  # type: ignore[no-untyped-def]
+    """Remove images that appeared since ``before`` (newest first), leaving anything older alone.
+
+    A torch image leaves its builder stage and its unsealed twin behind as build cache; in a test
+    run that is 14 GB a build, so tests take back what they made.
+    """
+    import docker.errors
+
+    for _ in range(3):  # children before parents: a few passes settle the order
+        leftover = image_ids(client) - before
+        if not leftover:
+            return
+        for image_id in leftover:
+            if image_id in keep:
+                continue
+            try:
+                client.api.remove_image(image_id, force=True, noprune=False)
+            except docker.errors.APIError:
+                continue
+
+
 @pytest.fixture(scope="session")
 def docker_client():  # type: ignore[no-untyped-def]
     from envkit.engine import get_client
@@ -84,6 +110,7 @@ def _make_marker_bundle(directory: Path) -> tuple[Path, str]:
 @pytest.fixture(scope="session")
 def torch_image(docker_client, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImage]:  # type: ignore[no-untyped-def]
     """One real build of pytorch-cuda:2.8 through the CLI, shared by every test that needs it."""
+    before = image_ids(docker_client)
     workdir = tmp_path_factory.mktemp("torch-image")
     bundle, marker = _make_marker_bundle(workdir)
     tag = f"envkit-test/pytorch-cuda:2.8-{uuid.uuid4().hex[:8]}"
@@ -94,7 +121,4 @@ def torch_image(docker_client, tmp_path_factory: pytest.TempPathFactory) -> Iter
     yield BuiltImage(
         tag=tag, image_id=data["image_id"], build_json=data, marker_cert=marker, ca_bundle=bundle
     )
-    try:
-        docker_client.images.remove(tag, noprune=False)
-    except Exception:  # cleanup must not hide the test result
-        pass
+    remove_new_images(docker_client, before)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, BuiltImage, run_envkit
+from tests.conftest import REPO, BuiltImage, image_ids, remove_new_images, run_envkit
 
 
 def _copy_catalog_image(tmp_path: Path, name: str, tag: str) -> Path:
@@ -85,13 +85,14 @@ print(out.tolist())
 
 @pytest.fixture(scope="module")
 def devel_image(docker_client, torch_image: BuiltImage):  # type: ignore[no-untyped-def]
+    before = image_ids(docker_client)
     tag = f"envkit-test/pytorch-cuda:2.8-devel-{uuid.uuid4().hex[:8]}"
     result = run_envkit(
         "build", "pytorch-cuda:2.8-devel", "--tag", tag, "--no-seal", "--ca-bundle", str(torch_image.ca_bundle)
     )
     assert result.returncode == 0, result.stderr[-4000:]
     yield tag
-    docker_client.images.remove(tag)
+    remove_new_images(docker_client, before)
 
 
 def test_devel_image_compiles_a_torch_cpp_extension_and_has_nvcc(devel_image: str) -> None:
