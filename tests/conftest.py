@@ -54,6 +54,13 @@ def remove_new_images(client, before: set[str], keep: tuple[str, ...] = ()) -> N
     """
     import docker.errors
 
+    if os.environ.get("ENVKIT_TEST_KEEP_CACHE") == "1":
+        # Developers re-running the suite keep the build cache; the test tags still go.
+        for image_id in image_ids(client) - before:
+            for tag in client.api.inspect_image(image_id).get("RepoTags") or []:
+                if tag.startswith("envkit-test/"):
+                    client.api.remove_image(tag, noprune=True)
+        return
     for _ in range(3):  # children before parents: a few passes settle the order
         leftover = image_ids(client) - before
         if not leftover:
@@ -108,11 +115,16 @@ def _make_marker_bundle(directory: Path) -> tuple[Path, str]:
 
 
 @pytest.fixture(scope="session")
-def torch_image(docker_client, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImage]:  # type: ignore[no-untyped-def]
+def torch_image(docker_client) -> Iterator[BuiltImage]:  # type: ignore[no-untyped-def]
     """One real build of pytorch-cuda:2.8 through the CLI, shared by every test that needs it."""
     before = image_ids(docker_client)
-    workdir = tmp_path_factory.mktemp("torch-image")
-    bundle, marker = _make_marker_bundle(workdir)
+    # The marker CA is kept between runs so the builder stage stays cached on a developer's machine.
+    workdir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "envkit-tests"
+    workdir.mkdir(parents=True, exist_ok=True)
+    if (workdir / "bundle.crt").is_file() and (workdir / "marker.pem").is_file():
+        bundle, marker = workdir / "bundle.crt", (workdir / "marker.pem").read_text()
+    else:
+        bundle, marker = _make_marker_bundle(workdir)
     tag = f"envkit-test/pytorch-cuda:2.8-{uuid.uuid4().hex[:8]}"
     result = run_envkit("build", TEST_IMAGE, "--tag", tag, "--ca-bundle", str(bundle), "--json")
     if result.returncode != 0:
