@@ -1,0 +1,701 @@
+"""``envkit verify``'s orchestration: preflight, then the probe and the benchmark in a container
+(or, with --native, in this Python environment), then the comparison and the verdict.
+
+``verify()`` never raises for an outcome of the verification itself: a host that is not ready, a
+timeout, a slow GPU all end in ``report.verdict`` (exit code included) so the caller can write the
+report before failing. It raises only for bad input (unknown image) and an unreachable engine.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from envkit.errors import EngineUnreachable, EnvkitError, GpuHostNotReady, UsageError, VerificationFailed
+from envkit.probe import EVENT_PREFIX, PROBE_DIR, SCRIPT_FILES, archs
+from envkit.verify import preflight as pf
+from envkit.verify.report import (
+    BenchResult,
+    Check,
+    ProbeResult,
+    Target,
+    Verdict,
+    VerifyReport,
+    compare,
+    reference_for,
+    with_peak_share,
+)
+
+LABEL_TORCH = "io.envkit.torch"
+LABEL_CUDA = "io.envkit.cuda"
+LABEL_MIN_DRIVER = "io.envkit.min-driver"
+LABEL_ARCH_LIST = "io.envkit.arch-list"
+LABEL_VERIFY_RUN = "io.envkit.verify-run"  # on every container verify creates, to find leftovers
+
+# Copied in for every run rather than using the image's /opt/envkit/probe: the host parses the
+# documents with its own models, so the scripts must be the host's version.
+CONTAINER_PROBE_PARENT = "/tmp"
+CONTAINER_PROBE_DIR = f"{CONTAINER_PROBE_PARENT}/envkit-probe"
+# Run whichever Python the image puts first on PATH (the envkit images' venv), python or python3.
+PYTHON_LAUNCHER = (
+    'PY="$(command -v python || command -v python3)" || '
+    '{ echo "envkit: no python or python3 on the image PATH" >&2; exit 127; }; exec "$PY" "$@"'
+)
+# Test hooks and knobs passed from the host into the benchmark.
+PASS_THROUGH_ENV_PREFIXES = ("ENVKIT_BENCH_",)
+DEFAULT_TIMEOUT_S = 1800.0
+LOG_TAIL_CHARS = 4000
+
+EventSink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    target: str | None
+    gpus: int | None = None  # None: all GPUs
+    cpu: bool = False
+    workloads: tuple[str, ...] = ("resnet50", "yolo")
+    native: bool = False
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    compile: bool = False
+    impl: str = "builtin"
+    min_ratio: float = 0.7
+    steps: int | None = None
+
+
+@dataclass
+class RunResult:
+    stdout: str
+    stderr: str
+    exit_code: int | None
+    timed_out: bool
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- executors
+
+
+def _split_events(stderr_lines: Iterable[str]) -> list[dict[str, Any]]:
+    events = []
+    for line in stderr_lines:
+        if line.startswith(EVENT_PREFIX):
+            try:
+                events.append(json.loads(line[len(EVENT_PREFIX) :]))
+            except json.JSONDecodeError:
+                continue
+    return events
+
+
+class NativeExecutor:
+    """Runs the scripts from the installed package with the current interpreter."""
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
+
+    def run(
+        self,
+        script: str,
+        args: list[str],
+        *,
+        timeout_s: float,
+        nproc: int = 1,
+        on_line: EventSink | None = None,
+    ) -> RunResult:
+        path = str(PROBE_DIR / script)
+        if nproc > 1:
+            argv = [
+                self.python,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={nproc}",
+                path,
+                *args,
+            ]
+        else:
+            argv = [self.python, path, *args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+        # A session of its own so a timeout kills torchrun's workers too, not only the launcher.
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+        )
+        out_chunks: list[str] = []
+        err_lines: list[str] = []
+
+        def read_out() -> None:
+            assert proc.stdout is not None
+            out_chunks.append(proc.stdout.read())
+
+        def read_err() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                err_lines.append(line)
+                if on_line:
+                    on_line(line.rstrip("\n"))
+
+        readers = [
+            threading.Thread(target=read_out, daemon=True),
+            threading.Thread(target=read_err, daemon=True),
+        ]
+        for thread in readers:
+            thread.start()
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        for thread in readers:
+            thread.join(timeout=10)
+        stderr = "".join(err_lines)
+        return RunResult(
+            "".join(out_chunks),
+            stderr,
+            None if timed_out else proc.returncode,
+            timed_out,
+            _split_events(stderr.splitlines()),
+        )
+
+
+def probe_archive() -> bytes:
+    """The probe scripts as a tar for ``put_archive``: fixed owner and modes so a non-root image
+    user can read them."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("envkit-probe")
+        info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
+        tar.addfile(info)
+        for name in SCRIPT_FILES:
+            data = (PROBE_DIR / name).read_bytes()
+            info = tarfile.TarInfo(f"envkit-probe/{name}")
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def map_start_error(text: str, *, min_driver: str | None = None, cuda: str | None = None) -> EnvkitError:
+    """A container start failure, named by cause. The engine's own words stay in ``details``."""
+    lowered = text.lower()
+    if "could not select device driver" in lowered:
+        return GpuHostNotReady(
+            "NVIDIA container runtime not found: the engine could not select a device driver for the "
+            "GPU request",
+            hint=pf.NVIDIA_TOOLKIT_FIX,
+            details=text,
+        )
+    if "unsatisfied condition: cuda>=" in lowered or "cuda driver version is insufficient" in lowered:
+        need = f" >= {min_driver}" if min_driver else ""
+        what = f"CUDA {cuda}" if cuda else "the image's CUDA"
+        return GpuHostNotReady(
+            f"the host's NVIDIA driver is too old for {what}",
+            hint=f"upgrade the NVIDIA driver{need}, or use an image built for an older CUDA",
+            details=text,
+        )
+    if "nvidia-container-cli" in lowered or "nvml" in lowered:
+        return GpuHostNotReady(
+            "the NVIDIA container runtime failed to set up the GPU",
+            hint="check `nvidia-smi` on the host and the NVIDIA Container Toolkit's logs",
+            details=text,
+        )
+    return VerificationFailed("the verification container did not start", details=text)
+
+
+class ContainerExecutor:
+    """Runs the scripts in a fresh container of ``image`` and removes it afterwards, always."""
+
+    def __init__(
+        self,
+        client: Any,
+        image: str,
+        *,
+        gpus: int | None,
+        cpu: bool,
+        run_id: str,
+        min_driver: str | None = None,
+        cuda: str | None = None,
+    ) -> None:
+        self.client, self.image, self.gpus, self.cpu, self.run_id = client, image, gpus, cpu, run_id
+        self.min_driver, self.cuda = min_driver, cuda
+
+    def _device_requests(self) -> list[Any]:
+        if self.cpu:
+            return []
+        from docker.types import DeviceRequest  # noqa: PLC0415
+
+        return [DeviceRequest(count=-1 if self.gpus is None else self.gpus, capabilities=[["gpu"]])]
+
+    def run(
+        self,
+        script: str,
+        args: list[str],
+        *,
+        timeout_s: float,
+        nproc: int = 1,
+        on_line: EventSink | None = None,
+    ) -> RunResult:
+        import docker.errors  # noqa: PLC0415
+        import requests.exceptions  # noqa: PLC0415
+
+        path = f"{CONTAINER_PROBE_DIR}/{script}"
+        if nproc > 1:
+            argv = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", path, *args]
+        else:
+            argv = [path, *args]
+        env = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        env.update({k: v for k, v in os.environ.items() if k.startswith(PASS_THROUGH_ENV_PREFIXES)})
+        if nproc > 1:
+            # The container has loopback only (network "none"): the processes of one run talk over it.
+            env.update({"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"})
+        try:
+            container = self.client.containers.create(
+                self.image,
+                entrypoint=["/bin/sh", "-c", PYTHON_LAUNCHER, "envkit-verify"],
+                command=argv,
+                environment=env,
+                device_requests=self._device_requests(),
+                # NCCL and DataLoader workers need more than Docker's 64 MiB /dev/shm.
+                shm_size="2g",
+                network_mode="none",
+                # With no network Docker writes no /etc/hosts entry for the container's own name, and
+                # torchrun's rendezvous resolves it: a name that /etc/hosts always has keeps DDP working.
+                hostname="localhost",
+                labels={LABEL_VERIFY_RUN: self.run_id},
+                detach=True,
+            )
+        except docker.errors.ImageNotFound as exc:
+            raise UsageError(
+                f"image {self.image} is not on this engine", hint="build it first (`envkit build NAME`)"
+            ) from exc
+        except docker.errors.APIError as exc:
+            raise map_start_error(str(exc), min_driver=self.min_driver, cuda=self.cuda) from exc
+        follower: threading.Thread | None = None
+        try:
+            container.put_archive(CONTAINER_PROBE_PARENT, probe_archive())
+            try:
+                container.start()
+            except docker.errors.APIError as exc:
+                raise map_start_error(str(exc), min_driver=self.min_driver, cuda=self.cuda) from exc
+            if on_line:
+                follower = threading.Thread(target=self._follow, args=(container, on_line), daemon=True)
+                follower.start()
+            timed_out = False
+            exit_code: int | None = None
+            try:
+                status = container.wait(timeout=timeout_s)
+                exit_code = int(status.get("StatusCode", -1))
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                timed_out = True
+                try:
+                    container.kill()
+                except docker.errors.APIError:
+                    pass
+            stdout = container.logs(stdout=True, stderr=False).decode(errors="replace")
+            stderr = container.logs(stdout=False, stderr=True).decode(errors="replace")
+        finally:
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            if follower:
+                follower.join(timeout=5)
+        return RunResult(stdout, stderr, exit_code, timed_out, _split_events(stderr.splitlines()))
+
+    @staticmethod
+    def _follow(container: Any, on_line: EventSink) -> None:
+        pending = ""
+        try:
+            for chunk in container.logs(stream=True, follow=True, stdout=False, stderr=True):
+                pending += chunk.decode(errors="replace")
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    on_line(line)
+        except Exception:  # noqa: BLE001 - progress only; the container going away ends the stream
+            return
+
+
+# --------------------------------------------------------------------------- target
+
+
+def requirements_from_labels(labels: dict[str, str] | None) -> pf.ImageRequirements:
+    labels = labels or {}
+    return pf.ImageRequirements(
+        cuda=labels.get(LABEL_CUDA) or None,
+        min_driver=labels.get(LABEL_MIN_DRIVER) or None,
+        arch_list=tuple(archs.parse_arch_list(labels.get(LABEL_ARCH_LIST, ""))),
+    )
+
+
+def resolve_image_ref(name: str) -> str:
+    """A catalog name (``pytorch-cuda:2.8``) becomes its Docker tag; anything else is used as given."""
+    try:
+        from envkit.catalog import image_ref_for  # noqa: PLC0415 - the catalog is optional here
+    except ImportError:
+        return name
+    try:
+        return image_ref_for(name)
+    except (UsageError, FileNotFoundError):
+        return name  # not in the catalog: a plain image reference such as debian:bookworm
+
+
+def default_client() -> Any:
+    try:
+        from envkit.engine import get_client  # noqa: PLC0415
+    except ImportError:
+        import docker  # noqa: PLC0415
+
+        try:
+            client = docker.from_env()
+            client.ping()
+        except Exception as exc:  # noqa: BLE001
+            raise EngineUnreachable(f"no Docker engine answers: {exc}") from exc
+        return client
+    return get_client()
+
+
+# --------------------------------------------------------------------------- diagnosis
+
+
+def _failed_checks(checks: list[Check]) -> list[Check]:
+    return [c for c in checks if c.status == "FAIL"]
+
+
+def diagnose_probe(probe: ProbeResult, *, cpu: bool) -> Verdict | None:
+    """Exit 7 for a host/image mismatch the probe reveals, exit 8 for broken numerics."""
+    if probe.fatal:
+        return Verdict(
+            status="failed",
+            exit_code=VerificationFailed.exit_code,
+            summary=f"the probe could not run: {probe.fatal}",
+            fix="the image needs a working torch on its PATH python",
+        )
+    if not cpu:
+        if not probe.torch_cuda:
+            return Verdict(
+                status="host_not_ready",
+                exit_code=GpuHostNotReady.exit_code,
+                summary=f"torch {probe.torch} in the image is built without CUDA "
+                "(torch.version.cuda is None)",
+                fix="use an image with a CUDA build of torch, or verify with --cpu",
+            )
+        if not probe.cuda_available:
+            error = probe.cuda_error or "torch.cuda.is_available() is False"
+            lowered = error.lower()
+            if "too old" in lowered or "insufficient" in lowered:
+                summary = f"the host's NVIDIA driver is too old for CUDA {probe.torch_cuda}: {error}"
+                fix = "upgrade the NVIDIA driver to the minimum for the image's CUDA"
+            elif "no nvidia driver" in lowered or "found no nvidia driver" in lowered:
+                summary = f"the container sees no NVIDIA driver: {error}"
+                fix = pf.NVIDIA_TOOLKIT_FIX
+            else:
+                summary = (
+                    f"CUDA is not usable in the container (torch {probe.torch}, "
+                    f"CUDA {probe.torch_cuda}): {error}"
+                )
+                fix = "check `nvidia-smi` on the host (Xid errors in `dmesg` point at the GPU, not the image)"
+            return Verdict(
+                status="host_not_ready", exit_code=GpuHostNotReady.exit_code, summary=summary, fix=fix
+            )
+        missing = [d for d in probe.devices if not d.arch_supported]
+        kernel_errors = [n for n in probe.numerics if n.error and "no kernel image" in n.error.lower()]
+        if missing or kernel_errors:
+            names = ", ".join(f"{d.name} ({d.capability})" for d in missing) or "the GPU"
+            return Verdict(
+                status="host_not_ready",
+                exit_code=GpuHostNotReady.exit_code,
+                summary=f"no kernel image for {names}: the image's torch is built for "
+                f"{' '.join(probe.arch_list) or 'other architectures'}",
+                reasons=[n.error for n in kernel_errors if n.error],
+                fix="use an image whose torch build includes this GPU's architecture",
+            )
+    bad = [n for n in probe.numerics if not n.ok]
+    if bad:
+        reasons = [
+            f"{n.op} {n.precision} on {n.device}: "
+            + (n.error or f"relative error {n.rel_error} > {n.tolerance} (finite: {n.finite})")
+            for n in bad
+        ]
+        return Verdict(
+            status="failed",
+            exit_code=VerificationFailed.exit_code,
+            summary="numerics check failed",
+            reasons=reasons,
+        )
+    return None
+
+
+def diagnose_bench(bench: BenchResult, workloads: tuple[str, ...]) -> list[str]:
+    problems = list(bench.errors)
+    for work in bench.workloads:
+        for rung in work.rungs:
+            if rung.status == "error":
+                problems.append(f"{work.name} {rung.name}: {rung.reason}")
+        if not any(r.status == "ok" and (r.images_per_s or 0) > 0 for r in work.rungs):
+            problems.append(f"{work.name}: no rung measured a throughput")
+    seen = {w.name for w in bench.workloads}
+    problems += [f"{name}: not run" for name in workloads if name not in seen]
+    return problems
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def _tail(text: str) -> str:
+    return text[-LOG_TAIL_CHARS:]
+
+
+def _parse(model: type[Any], text: str) -> Any:
+    """The last JSON document on stdout (torchrun and libraries may print before it)."""
+    for line in reversed([line for line in text.splitlines() if line.strip()]):
+        if line.lstrip().startswith("{"):
+            try:
+                return model.model_validate(json.loads(line))
+            except (json.JSONDecodeError, ValidationError):
+                continue
+    try:
+        return model.model_validate(json.loads(text))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise ValueError(f"no valid {model.__name__} document in the output ({exc})") from exc
+
+
+def bench_args(options: VerifyOptions) -> list[str]:
+    args = ["--workload", ",".join(options.workloads), "--impl", options.impl]
+    if options.cpu:
+        args.append("--cpu")
+    if options.compile:
+        args.append("--compile")
+    if options.steps:
+        args += ["--steps", str(options.steps)]
+    return args
+
+
+def verify(
+    options: VerifyOptions,
+    *,
+    client_factory: Callable[[], Any] = default_client,
+    readers: pf.HostReaders | None = None,
+    executor: Any | None = None,
+    on_line: EventSink | None = None,
+) -> VerifyReport:
+    run_id = uuid.uuid4().hex[:12]
+    opts = asdict(options) | {"run_id": run_id}
+    if options.native:
+        report = VerifyReport(
+            mode="native",
+            options=opts,
+            target=Target(requested=options.target or "current environment", source="native"),
+        )
+        requirements = pf.ImageRequirements()
+        readers = readers or pf.docker_readers(client_factory)
+        executor = executor or NativeExecutor()
+        image_error: EnvkitError | None = None
+    else:
+        if not options.target:
+            raise UsageError("NAME|IMAGE is required unless --native is given")
+        client = client_factory()
+        image_ref = resolve_image_ref(options.target)
+        image_error = None
+        labels: dict[str, str] = {}
+        image_id = None
+        import docker.errors  # noqa: PLC0415 - only the container path needs the SDK
+
+        try:
+            image = client.images.get(image_ref)
+            labels = dict(image.labels or {})
+            image_id = image.id
+        except docker.errors.ImageNotFound:
+            # Reported after the preflight: a host that cannot run any GPU image is the bigger news.
+            image_error = UsageError(
+                f"image {image_ref} is not on this engine",
+                hint=f"build it first (`envkit build {options.target}`)",
+            )
+        requirements = requirements_from_labels(labels)
+        report = VerifyReport(
+            mode="container",
+            options=opts,
+            target=Target(
+                requested=options.target,
+                image=image_ref,
+                image_id=image_id,
+                torch=labels.get(LABEL_TORCH),
+                cuda=requirements.cuda,
+                min_driver=requirements.min_driver,
+                arch_list=list(requirements.arch_list),
+                source="labels" if labels else "none",
+            ),
+        )
+        readers = readers or pf.docker_readers(lambda: client)
+        executor = executor or ContainerExecutor(
+            client,
+            image_ref,
+            gpus=options.gpus,
+            cpu=options.cpu,
+            run_id=run_id,
+            min_driver=requirements.min_driver,
+            cuda=requirements.cuda,
+        )
+
+    report.preflight = pf.run_preflight(
+        requirements, readers, gpus_wanted=options.gpus, cpu=options.cpu, native=options.native
+    )
+    failed = _failed_checks(report.preflight)
+    if failed:
+        report.verdict = Verdict(
+            status="host_not_ready",
+            exit_code=GpuHostNotReady.exit_code,
+            summary=f"{failed[0].name}: {failed[0].reason}",
+            reasons=[f"{c.name}: {c.reason}" for c in failed[1:]],
+            fix=failed[0].fix,
+        )
+        return report
+    if image_error is not None:
+        raise image_error
+
+    def stage(script: str, args: list[str], nproc: int = 1) -> RunResult | None:
+        try:
+            return executor.run(script, args, timeout_s=options.timeout_s, nproc=nproc, on_line=on_line)
+        except GpuHostNotReady as exc:
+            report.verdict = Verdict(
+                status="host_not_ready",
+                exit_code=exc.exit_code,
+                summary=exc.message,
+                reasons=[exc.details] if exc.details else [],
+                fix=exc.hint,
+            )
+        except VerificationFailed as exc:
+            report.verdict = Verdict(
+                status="failed",
+                exit_code=exc.exit_code,
+                summary=exc.message,
+                reasons=[exc.details] if exc.details else [],
+                fix=exc.hint,
+            )
+        return None
+
+    def timed_out(what: str, result: RunResult) -> None:
+        report.timed_out = True
+        report.log_tail = _tail(result.stderr)
+        where = "its container removed" if report.mode == "container" else "its processes killed"
+        report.verdict = Verdict(
+            status="failed",
+            exit_code=VerificationFailed.exit_code,
+            summary=f"the {what} did not finish within {options.timeout_s:g} s: killed, {where}",
+            fix="raise --timeout, or look at the last output in the report (log_tail)",
+        )
+
+    # ---- probe
+    probe_run = stage("probe.py", ["--cpu"] if options.cpu else [])
+    if probe_run is None:
+        return report
+    if probe_run.timed_out:
+        timed_out("probe", probe_run)
+        return report
+    try:
+        report.probe = _parse(ProbeResult, probe_run.stdout)
+    except ValueError as exc:
+        report.log_tail = _tail(probe_run.stderr)
+        report.verdict = Verdict(
+            status="failed",
+            exit_code=VerificationFailed.exit_code,
+            summary=f"the probe printed no report (exit code {probe_run.exit_code})",
+            reasons=[str(exc)],
+            fix="see log_tail in the JSON report",
+        )
+        return report
+    verdict = diagnose_probe(report.probe, cpu=options.cpu)
+    if verdict is not None:
+        report.verdict = verdict
+        return report
+
+    # ---- benchmark ladder (one process), then DDP when several devices are asked for
+    bench_run = stage("bench.py", bench_args(options))
+    if bench_run is None:
+        return report
+    report.bench_partial = bench_run.events
+    if bench_run.timed_out:
+        timed_out("benchmark", bench_run)
+        return report
+    try:
+        bench = _parse(BenchResult, bench_run.stdout)
+    except ValueError as exc:
+        report.log_tail = _tail(bench_run.stderr)
+        report.verdict = Verdict(
+            status="failed",
+            exit_code=VerificationFailed.exit_code,
+            summary=f"the benchmark printed no report (exit code {bench_run.exit_code})",
+            reasons=[str(exc)],
+            fix="see log_tail in the JSON report",
+        )
+        return report
+    reference = reference_for(bench.device.name) if bench.device.type == "cuda" else None
+    report.bench = with_peak_share(bench, reference)
+    problems = diagnose_bench(report.bench, options.workloads)
+
+    nproc = options.gpus if options.gpus and options.gpus > 1 else 0
+    if options.gpus is None and not options.cpu and report.probe.device_count > 1:
+        nproc = report.probe.device_count
+    if nproc > 1:
+        ddp_run = stage("bench.py", bench_args(options), nproc=nproc)
+        if ddp_run is None:
+            return report
+        if ddp_run.timed_out:
+            timed_out("multi-process benchmark", ddp_run)
+            return report
+        try:
+            report.bench_ddp = _parse(BenchResult, ddp_run.stdout)
+            if report.bench_ddp.distributed is None:
+                problems.append("the multi-process benchmark reported no DDP section")
+        except ValueError as exc:
+            report.log_tail = _tail(ddp_run.stderr)
+            problems.append(f"multi-process benchmark: {exc}")
+
+    report.comparisons = compare(report.bench, min_ratio=options.min_ratio)
+    problems += [
+        f"{c.workload}: {c.measured_images_per_s or 0:.0f} images/s is below {c.min_ratio:.0%} of "
+        f"{c.reference_images_per_s:.0f} ({c.gpu_model}, {c.source})"
+        for c in report.comparisons
+        if c.status == "FAIL"
+    ]
+    if problems:
+        report.verdict = Verdict(
+            status="failed",
+            exit_code=VerificationFailed.exit_code,
+            summary="the benchmark found problems",
+            reasons=problems,
+        )
+        return report
+    rates = ", ".join(
+        f"{w.name} {max((r.images_per_s or 0) for r in w.rungs):.1f} images/s" for w in report.bench.workloads
+    )
+    report.verdict = Verdict(
+        status="pass",
+        exit_code=0,
+        summary=f"probe and benchmark passed on {report.bench.device.name}: {rates}",
+    )
+    return report
+
+
+def raise_for_verdict(report: VerifyReport) -> None:
+    """The CLI's last step: a failed verdict becomes the matching envkit error (exit 7 or 8)."""
+    verdict = report.verdict
+    if verdict is None or verdict.exit_code == 0:
+        return
+    details = "\n".join(verdict.reasons) or None
+    if verdict.exit_code == GpuHostNotReady.exit_code:
+        raise GpuHostNotReady(verdict.summary, hint=verdict.fix, details=details)
+    raise VerificationFailed(verdict.summary, hint=verdict.fix, details=details)

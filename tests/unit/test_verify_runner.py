@@ -1,0 +1,526 @@
+"""verify() end to end with a fake Docker client, a fake executor, and the real native executor."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import pytest
+import requests.exceptions
+import torch
+from click.testing import CliRunner
+
+from envkit.errors import GpuHostNotReady, UsageError, VerificationFailed
+from envkit.probe import EVENT_PREFIX, SCRIPT_FILES
+from envkit.verify import preflight as pf
+from envkit.verify import runner
+from envkit.verify.cli import parse_gpus, parse_workloads
+from envkit.verify.cli import verify as verify_command
+from envkit.verify.report import VerifyReport, render
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "gpu"
+LABELS = {
+    "io.envkit.torch": "2.8.0",
+    "io.envkit.cuda": "12.8",
+    "io.envkit.min-driver": "570.26",
+    "io.envkit.arch-list": "sm_75,sm_80,sm_86,sm_90,sm_100,sm_120",
+}
+
+
+def gpu_host(nvidia_runtime: bool = True, smi_name: str = "a100") -> pf.HostReaders:
+    runtimes = {"runc": {}, **({"nvidia": {}} if nvidia_runtime else {})}
+    return pf.HostReaders(
+        docker_version=lambda: {"Version": "24.0.7", "ApiVersion": "1.43"},
+        docker_info=lambda: {"Runtimes": runtimes},
+        nvml=lambda: None,
+        nvidia_smi=lambda: (FIXTURES / f"{smi_name}.nvidia-smi.csv").read_text(),
+        which=lambda name: None,
+        disk_free=lambda path: 500 * 2**30,
+        list_dir=lambda path: [],
+    )
+
+
+# --------------------------------------------------------------------------- fake docker
+
+
+class FakeContainer:
+    def __init__(self, owner: FakeClient, command: list[str], kwargs: dict[str, Any]) -> None:
+        self.owner, self.command, self.kwargs = owner, command, kwargs
+        self.removed = False
+        self.archives: list[tuple[str, bytes]] = []
+        self.script = next(part.rsplit("/", 1)[-1] for part in command if part.endswith(".py"))
+
+    def put_archive(self, path: str, data: bytes) -> bool:
+        self.archives.append((path, data))
+        return True
+
+    def start(self) -> None:
+        if self.owner.start_error:
+            raise docker.errors.APIError("500 Server Error", explanation=self.owner.start_error)
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        if self.script in self.owner.hang:
+            raise requests.exceptions.ReadTimeout("read timed out")
+        return {"StatusCode": 0}
+
+    def kill(self) -> None:
+        self.owner.killed.append(self.script)
+
+    def logs(self, stdout: bool = True, stderr: bool = True, **_: Any) -> bytes:
+        out, err = self.owner.outputs.get(self.script, ("", ""))
+        return ((out if stdout else "") + (err if stderr else "")).encode()
+
+    def remove(self, force: bool = False) -> None:
+        self.removed = True
+
+
+class FakeImage:
+    def __init__(self, labels: dict[str, str]) -> None:
+        self.labels, self.id = labels, "sha256:" + "ab" * 32
+
+
+class FakeImages:
+    def __init__(self, images: dict[str, FakeImage]) -> None:
+        self.images = images
+
+    def get(self, ref: str) -> FakeImage:
+        if ref not in self.images:
+            raise docker.errors.ImageNotFound(f"No such image: {ref}")
+        return self.images[ref]
+
+
+class FakeContainers:
+    def __init__(self, owner: FakeClient) -> None:
+        self.owner = owner
+
+    def create(self, image: str, command: list[str], **kwargs: Any) -> FakeContainer:
+        container = FakeContainer(self.owner, command, kwargs)
+        self.owner.created.append(container)
+        return container
+
+
+class FakeClient:
+    def __init__(
+        self,
+        outputs: dict[str, tuple[str, str]] | None = None,
+        *,
+        start_error: str | None = None,
+        hang: tuple[str, ...] = (),
+    ) -> None:
+        self.images = FakeImages({"envkit/pytorch-cuda:2.8": FakeImage(LABELS)})
+        self.containers = FakeContainers(self)
+        self.outputs = outputs or {}
+        self.start_error = start_error
+        self.hang = hang
+        self.created: list[FakeContainer] = []
+        self.killed: list[str] = []
+
+
+# --------------------------------------------------------------------------- canned documents
+
+
+def probe_doc(**overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "schema": "envkit.probe/1",
+        "ok": True,
+        "torch": "2.8.0+cu128",
+        "torch_cuda": "12.8",
+        "torch_git": "x",
+        "cudnn": 91002,
+        "nccl": "2.27.3",
+        "torchvision": "0.23.0",
+        "python": "3.11.2",
+        "platform": "Linux",
+        "cuda_available": True,
+        "cuda_error": None,
+        "device_count": 1,
+        "devices": [
+            {
+                "index": 0,
+                "name": "NVIDIA H100 80GB HBM3",
+                "capability": "sm_90",
+                "total_memory_bytes": 85520809984,
+                "multi_processor_count": 132,
+                "arch_supported": True,
+                "arch_reason": "sm_90 cubin",
+            }
+        ],
+        "arch_list": ["sm_80", "sm_90"],
+        "numerics": [
+            {
+                "op": "matmul",
+                "precision": "fp32",
+                "device": "cuda:0",
+                "tolerance": 1e-4,
+                "rel_error": 2e-7,
+                "finite": True,
+                "ok": True,
+                "error": None,
+            }
+        ],
+        "numerics_ok": True,
+        "elapsed_s": 1.0,
+    }
+    doc.update(overrides)
+    return doc
+
+
+def rung(name: str, rate: float, *, amp: bool = True, status: str = "ok") -> dict[str, Any]:
+    return {
+        "name": name,
+        "status": status,
+        "reason": None,
+        "settings": {
+            "tf32": True,
+            "amp_bf16": amp,
+            "channels_last": name == "channels_last",
+            "compile": False,
+        },
+        "images_per_s": rate,
+        "step_ms_median": 256_000 / rate,
+        "step_ms_p10": 1.0,
+        "step_ms_p90": 2.0,
+        "peak_memory_bytes": 10,
+        "tflops": 24.5e9 * rate / 1e12,
+        "speedup": 1.0,
+        "loss_first": 7.0,
+        "loss_last": 6.9,
+        "compile_s": None,
+    }
+
+
+def bench_doc(resnet_rate: float, device: str = "NVIDIA H100 80GB HBM3") -> dict[str, Any]:
+    def work(name: str, rate: float, size: int) -> dict[str, Any]:
+        return {
+            "name": name,
+            "impl": "builtin",
+            "batch_size": 256,
+            "image_size": size,
+            "steps": 30,
+            "warmup_steps": 10,
+            "flops_forward_per_image": int(8.17e9),
+            "flops_per_image": int(24.5e9),
+            "rungs": [rung("fp32", rate / 4, amp=False), rung("amp_bf16", rate)],
+            "error": None,
+        }
+
+    return {
+        "schema": "envkit.bench/1",
+        "ok": True,
+        "torch": "2.8.0",
+        "torch_cuda": "12.8",
+        "cudnn": 91002,
+        "python": "3.11.2",
+        "device": {
+            "type": "cuda",
+            "name": device,
+            "capability": "sm_90",
+            "total_memory_bytes": 85520809984,
+            "count": 1,
+        },
+        "threads": 16,
+        "seed": 0,
+        "world_size": 1,
+        "cpu_mode": False,
+        "workloads": [work("resnet50", resnet_rate, 224), work("yolo", 900.0, 640)],
+        "distributed": None,
+        "errors": [],
+    }
+
+
+def outputs(
+    probe: dict[str, Any] | None = None, bench: dict[str, Any] | None = None, bench_err: str = ""
+) -> dict[str, tuple[str, str]]:
+    return {
+        "probe.py": (json.dumps(probe or probe_doc()), ""),
+        "bench.py": (json.dumps(bench or bench_doc(3000.0)), bench_err),
+    }
+
+
+def run_fake(
+    client: FakeClient, *, cpu: bool = False, host: pf.HostReaders | None = None, **opts: Any
+) -> VerifyReport:
+    options = runner.VerifyOptions(target="envkit/pytorch-cuda:2.8", cpu=cpu, **opts)
+    return runner.verify(options, client_factory=lambda: client, readers=host or gpu_host())
+
+
+# --------------------------------------------------------------------------- container path
+
+
+def test_healthy_gpu_host_passes_and_reports_everything() -> None:
+    client = FakeClient(outputs())
+    report = run_fake(client)
+    assert report.verdict and report.verdict.exit_code == 0, report.verdict
+    assert report.target.cuda == "12.8" and report.target.source == "labels"
+    assert report.probe and report.probe.nccl == "2.27.3"
+    # Peak share comes from the H100 reference data: 3000 img/s x 24.5 GFLOP = 73.5 TFLOP/s of 989.4.
+    amp = report.bench.workloads[0].rungs[1]
+    assert amp.peak_share == pytest.approx(73.5 / 989.4, rel=1e-3)
+    gating = [c for c in report.comparisons if c.gating]
+    assert [c.status for c in gating] == ["PASS"] and gating[0].reference_images_per_s == 2616
+    # Every container: GPU request, probe scripts copied in, removed afterwards.
+    assert len(client.created) == 2
+    for container in client.created:
+        assert container.removed
+        request = container.kwargs["device_requests"][0]
+        assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
+        assert container.kwargs["network_mode"] == "none"
+        # No network means no /etc/hosts line for a random container name; torchrun resolves it.
+        assert container.kwargs["hostname"] == "localhost"
+        assert container.archives and container.archives[0][0] == runner.CONTAINER_PROBE_PARENT
+    assert render(report)  # the tables build without error
+    assert json.loads(report.to_json())["schema_version"] == 1
+
+
+def test_slow_gpu_fails_against_the_reference() -> None:
+    client = FakeClient(outputs(bench=bench_doc(1000.0)))
+    report = run_fake(client)
+    assert report.verdict and report.verdict.exit_code == VerificationFailed.exit_code
+    assert any("1000 images/s is below 70% of 2616" in r for r in report.verdict.reasons)
+
+
+def test_a_failed_rung_fails_the_run() -> None:
+    doc = bench_doc(3000.0)
+    doc["ok"] = False
+    doc["workloads"][1]["rungs"][1] = dict(
+        rung("amp_bf16", 1.0), status="error", reason="the loss is not finite (nan): numerics are broken"
+    )
+    report = run_fake(FakeClient(outputs(bench=doc)))
+    assert report.verdict and report.verdict.exit_code == 8
+    assert "yolo amp_bf16: the loss is not finite (nan): numerics are broken" in report.verdict.reasons
+
+
+def test_no_reference_for_an_unknown_gpu_means_no_comparison() -> None:
+    report = run_fake(FakeClient(outputs(bench=bench_doc(10.0, device="NVIDIA L4"))))
+    assert report.comparisons == [] and report.verdict and report.verdict.exit_code == 0
+
+
+def test_could_not_select_device_driver_is_exit_7_with_the_fix() -> None:
+    client = FakeClient(start_error='could not select device driver "" with capabilities: [[gpu]]')
+    report = run_fake(client)
+    verdict = report.verdict
+    assert verdict and verdict.exit_code == GpuHostNotReady.exit_code
+    assert "NVIDIA container runtime not found" in verdict.summary
+    assert verdict.fix and "NVIDIA Container Toolkit" in verdict.fix and "restart dockerd" in verdict.fix
+    assert client.created and all(c.removed for c in client.created)
+
+
+def test_unsatisfied_cuda_condition_is_a_driver_too_old() -> None:
+    message = (
+        "failed to create shim: OCI runtime create failed: nvidia-container-cli: requirement error: "
+        "unsatisfied condition: cuda>=12.8, please update your driver to a newer version"
+    )
+    report = run_fake(FakeClient(start_error=message))
+    assert report.verdict and report.verdict.exit_code == 7
+    assert "too old for CUDA 12.8" in report.verdict.summary
+    assert report.verdict.fix and ">= 570.26" in report.verdict.fix
+
+
+def test_preflight_failure_stops_before_any_container() -> None:
+    client = FakeClient(outputs())
+    report = run_fake(client, host=gpu_host(nvidia_runtime=False))
+    assert report.verdict and report.verdict.exit_code == 7
+    assert "NVIDIA container runtime not found" in report.verdict.summary
+    assert client.created == []
+
+
+def test_old_driver_fixture_is_exit_7() -> None:
+    report = run_fake(FakeClient(outputs()), host=gpu_host(smi_name="h100-old-driver"))
+    assert report.verdict and report.verdict.exit_code == 7
+    assert "535.104.05 is older than 570.26" in report.verdict.summary
+
+
+def test_missing_architecture_fixture_is_exit_7_before_any_container() -> None:
+    """A Blackwell card (sm_120) and an image built like torch 2.6 + CUDA 12.4 (up to sm_90)."""
+    client = FakeClient(outputs())
+    client.images.images["envkit/pytorch-cuda:2.8"] = FakeImage(
+        dict(
+            LABELS,
+            **{
+                "io.envkit.cuda": "12.4",
+                "io.envkit.min-driver": "550.54.14",
+                "io.envkit.arch-list": "sm_50,sm_60,sm_70,sm_75,sm_80,sm_86,sm_90",
+            },
+        )
+    )
+    report = run_fake(client, host=gpu_host(smi_name="blackwell-rtx5090"))
+    assert report.verdict and report.verdict.exit_code == 7
+    assert "NVIDIA GeForce RTX 5090 is sm_120" in report.verdict.summary
+    assert "no kernel image" in report.verdict.summary
+    assert client.created == []
+
+
+def test_torch_without_cuda_is_exit_7() -> None:
+    doc = probe_doc(
+        torch="2.8.0+cpu",
+        torch_cuda=None,
+        cuda_available=False,
+        device_count=0,
+        devices=[],
+        cuda_error="torch was built without CUDA (a CPU-only wheel)",
+        ok=False,
+    )
+    report = run_fake(FakeClient(outputs(probe=doc)))
+    assert report.verdict and report.verdict.exit_code == 7
+    assert "built without CUDA" in report.verdict.summary
+
+
+def test_driver_too_old_seen_by_torch_is_exit_7() -> None:
+    doc = probe_doc(
+        cuda_available=False,
+        device_count=0,
+        devices=[],
+        ok=False,
+        cuda_error="The NVIDIA driver on your system is too old (found version 12020).",
+    )
+    report = run_fake(FakeClient(outputs(probe=doc)))
+    assert report.verdict and report.verdict.exit_code == 7 and "driver is too old" in report.verdict.summary
+
+
+def test_missing_architecture_is_exit_7() -> None:
+    device = dict(
+        probe_doc()["devices"][0],
+        name="NVIDIA GeForce RTX 5090",
+        capability="sm_120",
+        arch_supported=False,
+        arch_reason="no cubin or PTX in the image runs on sm_120",
+    )
+    numerics = [
+        dict(
+            probe_doc()["numerics"][0],
+            ok=False,
+            rel_error=None,
+            finite=None,
+            error="RuntimeError: CUDA error: no kernel image is available for execution on the device",
+        )
+    ]
+    report = run_fake(FakeClient(outputs(probe=probe_doc(devices=[device], numerics=numerics, ok=False))))
+    assert report.verdict and report.verdict.exit_code == 7
+    assert "no kernel image for NVIDIA GeForce RTX 5090 (sm_120)" in report.verdict.summary
+
+
+def test_nan_numerics_is_exit_8() -> None:
+    numerics = [dict(probe_doc()["numerics"][0], ok=False, rel_error=None, finite=False)]
+    report = run_fake(FakeClient(outputs(probe=probe_doc(numerics=numerics, ok=False, numerics_ok=False))))
+    assert (
+        report.verdict and report.verdict.exit_code == 8 and report.verdict.summary == "numerics check failed"
+    )
+
+
+def test_hung_benchmark_is_killed_removed_and_the_partial_report_kept() -> None:
+    partial = EVENT_PREFIX + json.dumps({"event": "rung", "workload": "resnet50", "rung": rung("fp32", 5.0)})
+    client = FakeClient(outputs(bench_err=f"[bench] starting\n{partial}\n"), hang=("bench.py",))
+    report = run_fake(client, cpu=True, timeout_s=5)
+    assert report.timed_out
+    assert report.verdict and report.verdict.exit_code == 8 and "container removed" in report.verdict.summary
+    assert report.probe is not None  # what came before the hang is kept
+    assert report.bench_partial and report.bench_partial[0]["rung"]["name"] == "fp32"
+    assert client.killed == ["bench.py"] and all(c.removed for c in client.created)
+    assert client.created[-1].kwargs["device_requests"] == []  # --cpu asks for no GPU
+
+
+def test_unknown_image_is_a_usage_error_after_preflight() -> None:
+    options = runner.VerifyOptions(target="envkit/nope:1", cpu=True)
+    with pytest.raises(UsageError, match="not on this engine"):
+        runner.verify(options, client_factory=lambda: FakeClient(), readers=gpu_host())
+
+
+def test_probe_archive_holds_the_scripts_readable_by_anyone() -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(runner.probe_archive())) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert set(members) == {"envkit-probe"} | {f"envkit-probe/{name}" for name in SCRIPT_FILES}
+    assert all(m.mode & 0o004 for m in members.values())
+
+
+def test_raise_for_verdict_maps_exit_codes() -> None:
+    report = run_fake(FakeClient(outputs()), host=gpu_host(nvidia_runtime=False))
+    with pytest.raises(GpuHostNotReady) as caught:
+        runner.raise_for_verdict(report)
+    assert caught.value.exit_code == 7
+    report = run_fake(FakeClient(outputs(bench=bench_doc(100.0))))
+    with pytest.raises(VerificationFailed):
+        runner.raise_for_verdict(report)
+
+
+# --------------------------------------------------------------------------- native path (real processes)
+
+
+def test_native_hang_hook_is_killed_at_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVKIT_BENCH_HANG", "start")
+    started = time.monotonic()
+    result = runner.NativeExecutor().run("bench.py", ["--cpu"], timeout_s=20)
+    assert result.timed_out and result.exit_code is None
+    assert "hanging on purpose" in result.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_native_cpu_only_torch_with_a_gpu_expected_is_exit_7() -> None:
+    if torch.version.cuda is not None:
+        pytest.skip("needs a CPU-only torch in this environment")
+    options = runner.VerifyOptions(target=None, native=True, workloads=("resnet50",), timeout_s=300)
+    report = runner.verify(options, readers=gpu_host())
+    assert report.verdict and report.verdict.exit_code == 7
+    assert "built without CUDA" in report.verdict.summary
+    assert report.bench is None  # no benchmark once the probe says the GPU cannot be used
+
+
+def test_native_ddp_over_gloo_reports_scaling() -> None:
+    args = [
+        "--cpu",
+        "--workload",
+        "resnet50",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--batch-size",
+        "2",
+        "--image-size",
+        "32",
+    ]
+    result = runner.NativeExecutor().run("bench.py", args, timeout_s=300, nproc=2)
+    assert result.exit_code == 0, result.stderr[-2000:]
+    bench = runner._parse(runner.BenchResult, result.stdout)
+    dist = bench.distributed
+    assert dist and dist.backend == "gloo" and dist.world_size == 2
+    item = dist.workloads[0]
+    assert item.single_images_per_s and item.ddp_images_per_s and item.scaling_efficiency
+    assert item.scaling_efficiency == pytest.approx(item.ddp_images_per_s / (2 * item.single_images_per_s))
+    assert dist.allreduce.busbw_gb_s > 0
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_option_parsing() -> None:
+    assert parse_gpus("all") is None and parse_gpus("2") == 2
+    with pytest.raises(UsageError):
+        parse_gpus("0")
+    assert parse_workloads("yolo,resnet50,yolo") == ("yolo", "resnet50")
+    with pytest.raises(UsageError):
+        parse_workloads("bert")
+
+
+def test_cli_writes_the_report_then_fails(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    failing = run_fake(FakeClient(outputs()), host=gpu_host(nvidia_runtime=False))
+    seen: list[runner.VerifyOptions] = []
+
+    def fake_verify(options: runner.VerifyOptions, **_: Any) -> VerifyReport:
+        seen.append(options)
+        return failing
+
+    monkeypatch.setattr("envkit.verify.cli.run_verify", fake_verify)
+    target = tmp_path / "r.json"
+    result = CliRunner().invoke(
+        verify_command,
+        ["pytorch-cuda:2.8", "--gpus", "2", "--workload", "yolo", "--json", str(target), "--timeout", "30"],
+    )
+    assert isinstance(result.exception, GpuHostNotReady)
+    assert json.loads(target.read_text())["verdict"]["exit_code"] == 7
+    assert seen[0].gpus == 2 and seen[0].workloads == ("yolo",) and seen[0].timeout_s == 30
