@@ -216,8 +216,12 @@ def snapshot(target: str, output: Path, with_host: bool, verify_report: Path | N
 @click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--tag", help="Tag for the restored image (default: the manifest's first tag).")
 @click.option("--no-cache", is_flag=True, help="Rebuild every step.")
+@click.option("--ca-bundle", envvar="ENVKIT_CA_BUNDLE", help="CA bundle for the builder stage "
+              "(default: PIP_CERT, SSL_CERT_FILE or REQUESTS_CA_BUNDLE).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def restore(manifest_path: Path, tag: str | None, no_cache: bool, as_json: bool) -> None:
+def restore(
+    manifest_path: Path, tag: str | None, no_cache: bool, ca_bundle: str | None, as_json: bool
+) -> None:
     """Rebuild the image a manifest describes and prove it is the same image (exit 9 if not)."""
     from envkit.engine import get_client
     from envkit.errors import ReproMismatch
@@ -230,7 +234,7 @@ def restore(manifest_path: Path, tag: str | None, no_cache: bool, as_json: bool)
     progress = console.Progress(f"restore {manifest_path}")
     result = None
     with progress.running():
-        for event in restore_events(client, manifest, tag=tag, nocache=no_cache):
+        for event in restore_events(client, manifest, tag=tag, nocache=no_cache, ca_bundle=ca_bundle):
             if event.kind == "done":
                 result = event.data["result"]
             else:

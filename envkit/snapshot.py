@@ -294,7 +294,12 @@ def materialize(manifest: Manifest, directory: Path) -> Path:
 
 
 def restore_events(
-    client: docker.DockerClient, manifest: Manifest, *, tag: str | None = None, nocache: bool = False
+    client: docker.DockerClient,
+    manifest: Manifest,
+    *,
+    tag: str | None = None,
+    nocache: bool = False,
+    ca_bundle: str | None = None,
 ) -> Iterator[Any]:
     """Rebuild from the manifest alone (no catalog) and seal; yields build events.
 
@@ -304,7 +309,7 @@ def restore_events(
 
     with tempfile.TemporaryDirectory(prefix="envkit-restore-") as tmp:
         spec_path = materialize(manifest, Path(tmp))
-        plan = plan_build(str(spec_path))
+        plan = plan_build(str(spec_path), ca_bundle=ca_bundle)
         if plan.spec.digest() != manifest.spec_digest:
             raise IntegrityError(
                 f"the manifest's spec digests to {plan.spec.digest()}, "

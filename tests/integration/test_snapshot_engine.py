@@ -31,9 +31,8 @@ def test_snapshot_then_restore_gives_the_identical_image(
     print(f"snapshot took {snapshot_s:.1f} s")
 
     target = f"envkit-test/restored:{uuid.uuid4().hex[:8]}"
-    restored = run_envkit(
-        "restore", str(manifest_path), "--tag", target, "--json", env={"SSL_CERT_FILE": str(torch_image.ca_bundle)}
-    )
+    bundle = str(torch_image.ca_bundle)
+    restored = run_envkit("restore", str(manifest_path), "--tag", target, "--ca-bundle", bundle, "--json")
     try:
         assert restored.returncode == 0, restored.stderr[-3000:]
         result = json.loads(restored.stdout)
