@@ -21,6 +21,7 @@ venv: $(VENV)/.installed
 
 engine:
 	scripts/engine.sh
+	scripts/test-deps.sh
 
 render: venv
 	$(ENVKIT) render $(IMAGE)

@@ -59,6 +59,8 @@ RUN /opt/envkit-tools/bin/uv venv --python /usr/bin/python3.11 /opt/venv \
 FROM envkit/debian:bookworm-minbase-33760934346d
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Layer 1, system packages and the default user: changes least after the base, so it comes first.
+# SSH host keys that a package install may generate never stay in a layer: every container of the
+# image would share them (the dev entrypoint makes fresh ones at first start).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       ca-certificates=20230311+deb12u1 \
@@ -84,6 +86,7 @@ RUN apt-get update \
       readline-common=8.2-1.3 \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/ldconfig/aux-cache /var/log/apt /var/log/dpkg.log \
+      /etc/ssh/ssh_host_* \
  && groupadd --gid 1000 envkit \
  && SOURCE_DATE_EPOCH=1761955200 useradd --no-log-init --uid 1000 --gid 1000 \
       --create-home --shell /bin/bash envkit \

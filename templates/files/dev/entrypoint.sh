@@ -9,7 +9,6 @@
 # $ENVKIT_SECRETS_DIR (0700, owned by the user) before the container starts. SSH host keys are
 # made here, at the container's first start, so no two containers share them.
 set -euo pipefail
-umask 077
 
 SECRETS=${ENVKIT_SECRETS_DIR:-/run/envkit}
 HOST_KEYS=/etc/envkit/ssh
@@ -26,8 +25,11 @@ start_ssh() {
         exit 64
     fi
     if [ ! -f "$HOST_KEYS/ssh_host_ed25519_key" ]; then
-        ssh-keygen -q -t ed25519 -N '' -C '' -f "$HOST_KEYS/ssh_host_ed25519_key"
-        ssh-keygen -q -t rsa -b 3072 -N '' -C '' -f "$HOST_KEYS/ssh_host_rsa_key"
+        (
+            umask 077
+            ssh-keygen -q -t ed25519 -N '' -C '' -f "$HOST_KEYS/ssh_host_ed25519_key"
+            ssh-keygen -q -t rsa -b 3072 -N '' -C '' -f "$HOST_KEYS/ssh_host_rsa_key"
+        )
         say "ssh: made this container's host keys"
     fi
     ssh-keygen -l -f "$HOST_KEYS/ssh_host_ed25519_key.pub" >&2
@@ -37,7 +39,7 @@ start_ssh() {
 start_jupyter() {
     if [ ! -s "$SECRETS/jupyter_token" ]; then
         # Started without envkit: make a token, but keep it out of the logs.
-        python -c 'import secrets; print(secrets.token_urlsafe(36), end="")' > "$SECRETS/jupyter_token"
+        (umask 077; python -c 'import secrets; print(secrets.token_urlsafe(36), end="")' > "$SECRETS/jupyter_token")
         say "jupyter: token written to $SECRETS/jupyter_token (docker exec CONTAINER cat $SECRETS/jupyter_token)"
     fi
     ENVKIT_WORKDIR=$WORKDIR ENVKIT_JUPYTER_PORT=$JUPYTER_PORT jupyter lab &

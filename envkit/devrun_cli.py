@@ -1,0 +1,175 @@
+"""`envkit run`, `envkit ps`, `envkit stop`: thin commands over envkit.devrun."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from envkit import console
+from envkit.errors import UsageError
+
+
+def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"-e {item!r}: expected NAME=VALUE")
+        if key.upper().startswith("ENVKIT_"):
+            raise UsageError(f"-e {key}: ENVKIT_* variables are set by envkit run itself")
+        env[key] = value
+    return env
+
+
+@click.command("run")
+@click.argument("name")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--jupyter", is_flag=True, help="Start JupyterLab (token always on).")
+@click.option("--tensorboard", is_flag=True, help="Start TensorBoard on the logs under --logdir.")
+@click.option("--ssh", is_flag=True, help="Start sshd (key login only); needs --authorized-keys.")
+@click.option("--authorized-keys", type=click.Path(dir_okay=False, path_type=Path),
+              help="Public key(s) allowed to log in over SSH.")
+@click.option("--jupyter-password-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A file holding a Jupyter password hash (jupyter_server.auth.passwd()).")
+@click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST:CONTAINER[:ro]",
+              help="Mount a host directory (or named volume); repeatable.")
+@click.option("-e", "--env", "env", multiple=True, metavar="NAME=VALUE", help="Set a variable; repeatable.")
+@click.option("--workdir", default="/workspace", show_default=True,
+              help="Working directory in the container.")
+@click.option("--logdir", help="TensorBoard log directory in the container [default: WORKDIR/runs].")
+@click.option("--gpus", help="GPUs to give the container: all, a count, or device=0,1.")
+@click.option("--shm-size", help="Size limit of /dev/shm, e.g. 16g [default: half the host's memory].")
+@click.option("--bind", default="127.0.0.1", show_default=True,
+              help="Host address to publish ports on; anything but loopback is reachable by others.")
+@click.option("--jupyter-port", type=int, default=8888, show_default=True, help="Host port (0: any free).")
+@click.option("--tensorboard-port", type=int, default=6006, show_default=True,
+              help="Host port (0: any free).")
+@click.option("--ssh-port", type=int, default=2222, show_default=True, help="Host port (0: any free).")
+@click.option("--name", "container_name", help="Container name [default: envkit-IMAGE-xxxxxx].")
+@click.option("-d", "--detach", is_flag=True, help="Leave it running in the background.")
+@click.option("--timeout", type=float, default=180, show_default=True,
+              help="Seconds to wait for the services to answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def run(**options: object) -> None:
+    """Run NAME (catalog name:tag or image) as its non-root user, with the chosen services.
+
+    Ports are published on 127.0.0.1 only unless --bind says otherwise. A COMMAND after NAME runs
+    instead of just the services; put it after `--`, e.g. `envkit run NAME -v .:/workspace -- torchrun ...`.
+    """
+    _run(**options)
+
+
+def _run(**options: object) -> None:
+    from envkit import devrun
+    from envkit.catalog import image_ref_for
+    from envkit.engine import get_client
+
+    services = [s for s in ("jupyter", "tensorboard", "ssh") if options[s]]
+    environment = _env_pairs(options["env"])  # type: ignore[arg-type]
+    image = image_ref_for(str(options["name"]))
+    client = get_client()
+    plan = devrun.plan_run(
+        client,
+        image,
+        services=services,
+        host_ports={
+            "jupyter": options["jupyter_port"],
+            "tensorboard": options["tensorboard_port"],
+            "ssh": options["ssh_port"],
+        },  # type: ignore[dict-item]
+        bind=str(options["bind"]),
+        volumes=options["volumes"],  # type: ignore[arg-type]
+        workdir=str(options["workdir"]),
+        command=options["command"],  # type: ignore[arg-type]
+        gpus=options["gpus"],  # type: ignore[arg-type]
+        shm_size=options["shm_size"],  # type: ignore[arg-type]
+        environment=environment,
+        authorized_keys=options["authorized_keys"],  # type: ignore[arg-type]
+        jupyter_password_file=options["jupyter_password_file"],  # type: ignore[arg-type]
+        tensorboard_logdir=options["logdir"],  # type: ignore[arg-type]
+        name=options["container_name"],  # type: ignore[arg-type]
+        detach=bool(options["detach"]),
+    )
+    for warning in plan.warnings:
+        console.warning(warning)
+    detach = bool(options["detach"])
+    console.info(f"starting {plan.name} from {image} as uid {plan.uid}"
+                 + (f" with {', '.join(plan.services)}" if plan.services else ""))
+    result = devrun.launch(
+        client,
+        plan,
+        timeout=float(options["timeout"]),  # type: ignore[arg-type]
+        on_ready=lambda e: console.info(f"  {e.service} answers on {e.host}:{e.port}"),
+    )
+    if options["as_json"]:
+        console.out.print_json(json.dumps(result.to_json()))
+    else:
+        for endpoint in result.endpoints:
+            console.out.print(f"{endpoint.service:<12} {endpoint.login_url or endpoint.url}", markup=False)
+    if result.token_file:
+        console.info(f"the Jupyter token is also in {result.token_file} (mode 0600)")
+    if "ssh" in plan.services:
+        ssh = next(e for e in result.endpoints if e.service == "ssh")
+        console.info(f"log in with: ssh -p {ssh.port} {result.user}@{ssh.host}")
+    if detach:
+        console.success(f"{plan.name} is running; stop it with `envkit stop {plan.name}`")
+        return
+    console.info("following its output; Ctrl-C stops and removes it")
+    code = 1
+    try:
+        code = devrun.follow(client, plan.name, lambda chunk: (sys.stdout.buffer.write(chunk),
+                                                               sys.stdout.flush()))
+    finally:
+        devrun.stop(client, [plan.name], timeout=5)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+@click.command("ps")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def ps(as_json: bool) -> None:
+    """List the containers `envkit run` started."""
+    from envkit import devrun
+    from envkit.engine import get_client
+
+    found = devrun.list_managed(get_client())
+    if as_json:
+        console.out.print_json(json.dumps([c.__dict__ for c in found], default=list))
+        return
+    if not found:
+        console.info("no containers started by envkit")
+        return
+    table = Table()
+    for column in ("name", "image", "status", "health", "services", "ports"):
+        table.add_column(column, overflow="fold")
+    for item in found:
+        table.add_row(item.name, item.image, item.status, item.health, ",".join(item.services) or "-",
+                      "\n".join(f"{v} -> {k}" for k, v in item.ports.items()) or "-")
+    console.out.print(table)
+
+
+@click.command("stop")
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_managed", is_flag=True, help="Every container envkit started.")
+@click.option("--timeout", type=int, default=10, show_default=True, help="Seconds before SIGKILL.")
+def stop(names: tuple[str, ...], all_managed: bool, timeout: int) -> None:
+    """Stop and remove containers `envkit run` started (their token files too)."""
+    from envkit import devrun
+    from envkit.engine import get_client
+
+    if names and all_managed:
+        raise UsageError("give names or --all, not both")
+    stopped = devrun.stop(get_client(), names, all_managed=all_managed, timeout=timeout)
+    for name in stopped:
+        console.success(f"stopped and removed {name}")
+    if not stopped:
+        console.info("no containers started by envkit")
+
+
+def commands() -> list[click.Command]:
+    """What envkit.command_registry attaches to the CLI."""
+    return [run, ps, stop]

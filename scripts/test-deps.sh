@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Host packages the dev-service tests drive as real clients: an ssh client, a headless browser and
+# its driver, curl. Safe to run again: it installs only what is missing. Needs root (or sudo).
+set -euo pipefail
+
+PACKAGES=(openssh-client chromium chromium-driver curl)
+
+missing=()
+for package in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$package")
+    fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "test dependencies present: ${PACKAGES[*]}"
+    exit 0
+fi
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "installing ${missing[*]} needs root or sudo" >&2; exit 1; }
+    SUDO=(sudo)
+fi
+
+echo "installing: ${missing[*]}"
+"${SUDO[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"

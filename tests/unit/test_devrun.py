@@ -1,0 +1,368 @@
+"""envkit run/ps/stop without an engine: input checks, port conflicts, secrets handling, waiting."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import stat
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import pytest
+
+from envkit import devrun
+from envkit.errors import GpuHostNotReady, UsageError
+
+PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHc6m1yLk3JH2o0Xb9m7Q8kq1c2v3b4n5m6a7s8d9f0g user@laptop\n"
+
+
+class FakeContainer:
+    def __init__(self, name: str, kwargs: dict[str, Any] | None = None, *, running: bool = True) -> None:
+        self.name = name
+        self.id = f"id-{name}"
+        self.kwargs = kwargs or {}
+        self.archives: list[tuple[str, bytes]] = []
+        self.started = False
+        self.stopped = False
+        labels = self.kwargs.get("labels", {devrun.MANAGED_LABEL: "true"})
+        ports = {
+            inner: [{"HostIp": host, "HostPort": str(port or 40000 + i)}]
+            for i, (inner, (host, port)) in enumerate(self.kwargs.get("ports", {}).items())
+        }
+        self.attrs: dict[str, Any] = {
+            "Config": {"Labels": labels},
+            "State": {"Running": running, "Status": "running" if running else "exited", "ExitCode": 3},
+            "NetworkSettings": {"Ports": ports},
+        }
+        self.status = self.attrs["State"]["Status"]
+
+    def put_archive(self, path: str, data: bytes) -> bool:
+        self.archives.append((path, data))
+        return True
+
+    def start(self) -> None:
+        self.started = True
+
+    def reload(self) -> None:
+        pass
+
+    def logs(self, tail: int = 30, **_: Any) -> bytes:
+        return b"jupyter: crashed on purpose\n"
+
+    def stop(self, timeout: int = 10) -> None:
+        self.stopped = True
+
+
+class FakeImage:
+    def __init__(self, variant: str = "dev", user: str = "1000:1000") -> None:
+        self.id = "sha256:" + "1" * 64
+        self.attrs = {"Config": {"User": user, "Labels": {"io.envkit.variant": variant}}}
+
+
+class FakeImages:
+    def __init__(self, image: FakeImage | None) -> None:
+        self.image = image
+
+    def get(self, ref: str) -> FakeImage:
+        if self.image is None:
+            raise docker.errors.ImageNotFound(ref)
+        return self.image
+
+
+class FakeContainers:
+    def __init__(self) -> None:
+        self.created: list[FakeContainer] = []
+        self.existing: list[FakeContainer] = []
+
+    def create(self, image: str, **kwargs: Any) -> FakeContainer:
+        container = FakeContainer(kwargs["name"], kwargs)
+        self.created.append(container)
+        return container
+
+    def list(self, all: bool = False, filters: dict[str, str] | None = None) -> list[FakeContainer]:
+        found = self.existing + self.created
+        if filters and "label" in filters:
+            key, _, value = filters["label"].partition("=")
+            found = [c for c in found if c.attrs["Config"]["Labels"].get(key) == value]
+        return found
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.removed: list[str] = []
+
+    def remove_container(self, container_id: str, force: bool = False) -> None:
+        self.removed.append(container_id)
+
+
+class FakeClient:
+    def __init__(self, image: FakeImage | None = None, runtimes: dict[str, Any] | None = None) -> None:
+        self.images = FakeImages(image if image is not None else FakeImage())
+        self.containers = FakeContainers()
+        self.api = FakeApi()
+        self._runtimes = runtimes if runtimes is not None else {"runc": {}}
+
+    def info(self) -> dict[str, Any]:
+        return {"Runtimes": self._runtimes, "MemTotal": 24 * 1024**3}
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "state"
+    monkeypatch.setenv("ENVKIT_STATE_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    path = tmp_path / "id.pub"
+    path.write_text(PUBLIC_KEY)
+    return path
+
+
+@pytest.fixture
+def listener() -> Any:
+    """A real socket listening on a loopback port, held by this test process."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    yield sock
+    sock.close()
+
+
+def test_volume_paths_must_exist_and_become_absolute(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    mount = devrun.parse_volume("./data:/data:ro", cwd=tmp_path)
+    assert mount == devrun.Mount(source=str(tmp_path / "data"), target="/data", read_only=True)
+    with pytest.raises(UsageError, match="does not exist"):
+        devrun.parse_volume(f"{tmp_path}/missing:/data")
+    with pytest.raises(UsageError, match="absolute"):
+        devrun.parse_volume(f"{tmp_path}:data")
+    with pytest.raises(UsageError, match="ro or rw"):
+        devrun.parse_volume(f"{tmp_path}:/data:rx")
+    assert devrun.parse_volume("cache:/root/.cache").is_path is False
+
+
+def test_gpus_forms_and_refusals() -> None:
+    assert devrun.parse_gpus("all").count == -1
+    assert devrun.parse_gpus("2").count == 2
+    assert devrun.parse_gpus("device=0,3").device_ids == ["0", "3"]
+    for bad in ("0", "some", "device=", "device=0;rm"):
+        with pytest.raises(UsageError):
+            devrun.parse_gpus(bad)
+
+
+def test_gpu_request_on_a_host_without_the_nvidia_runtime_exits_7(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(devrun.shutil, "which", lambda name: None)
+    with pytest.raises(GpuHostNotReady) as caught:
+        devrun.plan_run(FakeClient(), "img", gpus="all", command=["nvidia-smi"])
+    assert caught.value.exit_code == 7
+    plan = devrun.plan_run(FakeClient(runtimes={"nvidia": {}}), "img", gpus="all", command=["nvidia-smi"])
+    assert plan.gpus is not None and plan.gpus.capabilities == [["gpu"]]
+
+
+def test_authorized_keys_must_be_public_keys(tmp_path: Path) -> None:
+    assert devrun.check_authorized_keys(PUBLIC_KEY.encode(), "k") == PUBLIC_KEY.encode()
+    with pytest.raises(UsageError, match="private key"):
+        devrun.check_authorized_keys(b"-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n", "k")
+    with pytest.raises(UsageError, match="no public key"):
+        devrun.check_authorized_keys(b"# nothing\n\n", "k")
+    with pytest.raises(UsageError, match="not an OpenSSH public key"):
+        devrun.check_authorized_keys(b"hunter2\n", "k")
+
+
+def test_jupyter_password_must_be_a_hash() -> None:
+    hashed = "argon2:$argon2id$v=19$m=10240,t=10,p=8$c2FsdA$aGFzaGhhc2g"
+    assert devrun.check_password_hash(hashed + "\n") == hashed
+    assert devrun.check_password_hash("sha1:abcd:" + "0" * 40)
+    with pytest.raises(UsageError, match="hash, not a password"):
+        devrun.check_password_hash("hunter2")
+
+
+def test_ssh_without_keys_and_services_on_a_runtime_image_are_refused(keys: Path) -> None:
+    with pytest.raises(UsageError, match="--authorized-keys"):
+        devrun.plan_run(FakeClient(), "img", services=["ssh"])
+    with pytest.raises(UsageError, match="not a dev image"):
+        devrun.plan_run(FakeClient(FakeImage(variant="runtime")), "img", services=["jupyter"])
+    with pytest.raises(UsageError, match="not on this engine"):
+        client = FakeClient()
+        client.images.image = None
+        devrun.plan_run(client, "img", services=["jupyter"])
+    with pytest.raises(UsageError, match="non-root"):
+        devrun.plan_run(FakeClient(FakeImage(user="")), "img", services=["jupyter"])
+
+
+def test_ports_default_to_loopback_and_other_binds_warn() -> None:
+    plan = devrun.plan_run(FakeClient(), "img", services=["jupyter"], host_ports={"jupyter": 0})
+    assert plan.bind == "127.0.0.1" and plan.warnings == []
+    wide = devrun.plan_run(FakeClient(), "img", services=["tensorboard"], bind="0.0.0.0",
+                           host_ports={"tensorboard": 0})
+    assert any("0.0.0.0" in w and "TensorBoard has no login" in w for w in wide.warnings)
+    with pytest.raises(UsageError, match="not an IP address"):
+        devrun.plan_run(FakeClient(), "img", services=["jupyter"], bind="localhost; rm")
+
+
+def test_a_port_already_taken_names_the_port_and_this_process_as_holder(listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    assert not devrun.port_free("127.0.0.1", port)
+    with pytest.raises(devrun.PortInUse) as caught:
+        devrun.plan_run(FakeClient(), "img", services=["jupyter"], host_ports={"jupyter": port})
+    message = str(caught.value)
+    assert f"port {port} on 127.0.0.1 is already in use" in message
+    assert f"process {os.getpid()}" in message
+    assert "--jupyter-port" in (caught.value.hint or "")
+    assert caught.value.exit_code == 2
+
+
+def test_a_port_held_by_a_container_names_the_container(listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    client = FakeClient()
+    other = FakeContainer("someone-elses-jupyter")
+    other.attrs["NetworkSettings"]["Ports"] = {"8888/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
+    client.containers.existing.append(other)
+    assert devrun.port_holder(port, client) == "container someone-elses-jupyter"
+
+
+def test_engine_port_and_gpu_errors_are_explained() -> None:
+    plan = devrun.plan_run(FakeClient(), "img", services=["jupyter"], host_ports={"jupyter": 0})
+    plan.host_ports["jupyter"] = 8899
+    error = devrun._engine_error(
+        docker.errors.APIError("500", explanation="driver failed programming external connectivity: "
+                               "Bind for 127.0.0.1:8899 failed: port is already allocated"),
+        plan, FakeClient(),
+    )
+    assert isinstance(error, devrun.PortInUse) and "port 8899" in str(error)
+    gpu = devrun._engine_error(
+        docker.errors.APIError("500", explanation='could not select device driver "" with capabilities: [[gpu]]'),
+        plan, FakeClient(),
+    )
+    assert isinstance(gpu, GpuHostNotReady)
+
+
+def _tar_members(data: bytes) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        return {m.name: m for m in archive.getmembers()}
+
+
+def test_secrets_go_into_the_container_never_into_its_config(keys: Path, state_dir: Path) -> None:
+    client = FakeClient()
+    plan = devrun.plan_run(
+        client, "img", services=["jupyter", "ssh"], authorized_keys=keys,
+        host_ports={"jupyter": 0, "ssh": 0}, name="devbox",
+    )
+    container, token_file = devrun.create(client, plan)
+    assert token_file == state_dir / "run" / "devbox" / "jupyter_token"
+    token = token_file.read_text()
+    assert len(token) >= 32
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
+
+    kwargs = container.kwargs
+    config_text = repr(kwargs)
+    assert token not in config_text and "AAAAC3Nza" not in config_text
+    assert kwargs["user"] == "1000:1000"
+    assert kwargs["labels"][devrun.MANAGED_LABEL] == "true"
+    assert kwargs["environment"]["ENVKIT_SERVICES"] == "jupyter,ssh"
+    assert all(host == "127.0.0.1" for host, _ in kwargs["ports"].values())
+    assert kwargs["shm_size"] >= 1024**3
+    assert kwargs["command"] == ["services"]
+    assert container.started is False  # secrets are in place before anything runs
+
+    [(path, data)] = container.archives
+    assert path == devrun.SECRETS_DIR
+    members = _tar_members(data)
+    assert set(members) == {"jupyter_token", "authorized_keys"}
+    for member in members.values():
+        assert (member.uid, member.gid, stat.S_IMODE(member.mode)) == (1000, 1000, 0o600)
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        assert archive.extractfile("jupyter_token").read().decode() == token  # type: ignore[union-attr]
+
+
+def test_a_service_that_dies_is_reported_with_its_logs_and_the_container_removed(state_dir: Path) -> None:
+    client = FakeClient()
+    plan = devrun.plan_run(client, "img", services=["jupyter"], host_ports={"jupyter": 0}, name="dies")
+
+    def create_stopped(image: str, **kwargs: Any) -> FakeContainer:
+        container = FakeContainer(kwargs["name"], kwargs, running=False)
+        client.containers.created.append(container)
+        return container
+
+    client.containers.create = create_stopped  # type: ignore[method-assign]
+    with pytest.raises(devrun.ServiceNotReady) as caught:
+        devrun.launch(client, plan, timeout=5)
+    assert "stopped (exit 3) before jupyter answered" in str(caught.value)
+    assert "crashed on purpose" in (caught.value.details or "")
+    assert client.api.removed == ["id-dies"]
+    assert not (state_dir / "run" / "dies").exists()
+
+
+def test_a_service_that_never_answers_times_out_naming_it() -> None:
+    client = FakeClient()
+    plan = devrun.plan_run(client, "img", services=["tensorboard"], host_ports={"tensorboard": 0}, name="slow")
+    container, _ = devrun.create(client, plan)
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with pytest.raises(devrun.ServiceNotReady) as caught:
+        devrun.wait_ready(container, plan, None, timeout=3, probe_fn=lambda e, t: False, sleep=sleep, clock=clock)
+    assert "no answer within 3s from tensorboard on 127.0.0.1:40000" in str(caught.value)
+
+
+def test_endpoints_carry_the_token_only_in_the_login_url() -> None:
+    client = FakeClient()
+    plan = devrun.plan_run(client, "img", services=["jupyter", "tensorboard"],
+                           host_ports={"jupyter": 0, "tensorboard": 0}, name="urls")
+    container, token_file = devrun.create(client, plan)
+    assert token_file is not None
+    token = token_file.read_text()
+    endpoints = {e.service: e for e in devrun.endpoints_for(plan, container.attrs, token)}
+    assert endpoints["jupyter"].url == "http://127.0.0.1:40000/lab"
+    assert endpoints["jupyter"].login_url == f"http://127.0.0.1:40000/lab?token={token}"
+    assert endpoints["tensorboard"].url == "http://127.0.0.1:40001/"
+    assert endpoints["tensorboard"].login_url is None
+
+
+def test_stop_touches_only_containers_envkit_started(state_dir: Path) -> None:
+    client = FakeClient()
+    mine = FakeContainer("mine", {"labels": {devrun.MANAGED_LABEL: "true",
+                                             devrun.STATE_LABEL: str(state_dir / "run" / "mine")}})
+    theirs = FakeContainer("theirs", {"labels": {}})
+    client.containers.existing += [mine, theirs]
+    (state_dir / "run" / "mine").mkdir(parents=True)
+    with pytest.raises(UsageError, match="not a container envkit started: theirs"):
+        devrun.stop(client, ["theirs"])
+    with pytest.raises(UsageError, match="--all"):
+        devrun.stop(client, [])
+    assert devrun.stop(client, all_managed=True) == ["mine"]
+    assert mine.stopped and not theirs.stopped
+    assert client.api.removed == ["id-mine"]
+    assert not (state_dir / "run" / "mine").exists()
+
+
+def test_a_forged_state_label_cannot_remove_other_directories(tmp_path: Path) -> None:
+    victim = tmp_path / "precious"
+    victim.mkdir()
+    client = FakeClient()
+    client.containers.existing.append(
+        FakeContainer("forged", {"labels": {devrun.MANAGED_LABEL: "true", devrun.STATE_LABEL: str(victim)}})
+    )
+    devrun.stop(client, ["forged"])
+    assert victim.is_dir()
+
+
+def test_run_command_refuses_bad_input_with_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from envkit import cli
+
+    monkeypatch.setattr("envkit.engine.get_client", lambda *a, **k: FakeClient())
+    assert cli.main(["run", "envkit-test/x:1", "--ssh"]) == 2
+    assert cli.main(["run", "envkit-test/x:1", "--jupyter", "--bind", "not-an-ip"]) == 2
+    assert cli.main(["run", "envkit-test/x:1", "-e", "ENVKIT_SERVICES=ssh", "--", "true"]) == 2
+    assert cli.main(["stop"]) == 2
