@@ -45,7 +45,8 @@ def dev_image(docker_client) -> Iterator[str]:  # type: ignore[no-untyped-def]
     builder stage and its unsealed twin are removed at the end (see remove_new_images)."""
     before = image_ids(docker_client)
     tag = f"envkit-test/pytorch-cuda:2.8-dev-{uuid.uuid4().hex[:8]}"
-    result = run_envkit("build", DEV_SPEC, "--tag", tag, "--json")
+    # Unsealed: the layer scan below then sees everything the build wrote, volatile files included.
+    result = run_envkit("build", DEV_SPEC, "--tag", tag, "--no-seal", "--json")
     if result.returncode != 0:
         remove_new_images(docker_client, before)
         pytest.fail(f"building {DEV_SPEC} failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
