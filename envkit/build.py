@@ -7,6 +7,7 @@ The target tag moves only after the build (and seal) succeeded.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections import deque
@@ -233,6 +234,7 @@ class BuildResult:
     cached_steps: int = 0
     unsealed_id: str = ""
     sealed: bool = False
+    reused: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -246,6 +248,7 @@ class BuildResult:
             "cached_steps": self.cached_steps,
             "unsealed_id": self.unsealed_id,
             "sealed": self.sealed,
+            "reused": self.reused,
         }
 
 
@@ -390,6 +393,24 @@ def build_image(
                 f"base image {plan.base_ref} is not present and no registry pull is attempted",
                 hint="docker load the base image, or use a bootstrap base",
             ) from None
+    inputs = build_input_digest(client, plan, seal=seal)
+    if not nocache:
+        from envkit import sealcache
+
+        known = sealcache.lookup(client, inputs)
+        if known:
+            yield BuildEvent("phase", f"inputs unchanged since {known[7:19]} was built: reusing it")
+            repo, _, tag_part = target.rpartition(":")
+            client.api.tag(known, repo, tag_part, force=True)
+            durations["total"] = time.monotonic() - started
+            image = client.images.get(known)
+            result = BuildResult(
+                image_id=image.id, tag=target, size=int(image.attrs.get("Size", 0)), durations=durations,
+                spec_digest=plan.spec.digest(), lock_source=plan.lock_source, base_ref=plan.base_ref,
+                reused=True, sealed=seal,
+            )
+            yield BuildEvent("done", f"reused {target}", data={"result": result})
+            return
     yield BuildEvent("phase", f"build {target}")
     t0 = time.monotonic()
     image_id = ""
@@ -410,6 +431,9 @@ def build_image(
     image = client.images.get(final_id)
     repo, _, tag_part = target.rpartition(":")
     client.api.tag(image.id, repo, tag_part, force=True)
+    from envkit import sealcache
+
+    sealcache.remember(client, inputs, image.id)
     durations["total"] = time.monotonic() - started
     result = BuildResult(
         image_id=image.id,
@@ -424,6 +448,14 @@ def build_image(
         sealed=seal,
     )
     yield BuildEvent("done", f"built {target}", data={"result": result})
+
+
+def build_input_digest(client: docker.DockerClient, plan: BuildPlan, *, seal: bool) -> str:
+    """A digest of everything the image is made from; the base by its local image ID."""
+    context = make_context(plan)
+    base_id = client.images.get(plan.base_ref).id
+    text = "\n".join(["envkit-build-inputs/1", context.digest(), base_id, plan.spec.platform, f"seal={seal}"])
+    return "inputs:sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def _seal(

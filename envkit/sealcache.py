@@ -1,5 +1,10 @@
 """Remember which sealed image each unsealed build became, per engine.
 
+The same record maps a digest of a build's complete inputs (Dockerfile, context, base image ID) to
+the image they produced: every input is pinned, so equal inputs mean the same image, and a rebuild
+with nothing changed need not ask the engine to re-hash a 7 GB COPY source to find its cache.
+
+
 Sealing a multi-GB image takes minutes; a rebuild with nothing changed gives the same unsealed ID
 from the engine's cache, so the sealed ID is known already. The record is only a shortcut: it is
 used when the sealed image still exists on that engine and carries the same layers.
@@ -35,6 +40,7 @@ def _engine_id(client: docker.DockerClient) -> str:
 
 
 def lookup(client: docker.DockerClient, unsealed_id: str) -> str | None:
+    """The image recorded for ``unsealed_id`` (or for a build-input digest), if it still exists."""
     sealed = _read().get(_engine_id(client), {}).get(unsealed_id)
     if not sealed:
         return None
