@@ -42,7 +42,6 @@ import tempfile
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, BinaryIO, Protocol
 
 import docker
@@ -50,6 +49,7 @@ import docker.errors
 import requests.exceptions
 from docker.utils import parse_repository_tag
 
+from envkit.dockerarchive import rfc3339
 from envkit.errors import EnvkitError, IntegrityError, Interrupted, UsageError
 
 SOURCE_DATE_EPOCH_LABEL = "io.envkit.source-date-epoch"
@@ -633,10 +633,6 @@ class SealResult:
             "seconds": round(self.seconds, 3),
             "removed_sample": list(self.removed_sample),
         }
-
-
-def rfc3339(epoch: int) -> str:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def resolve_epoch(attrs: dict[str, Any], image: str, source_date_epoch: int | None) -> int:
