@@ -485,6 +485,11 @@ def test_native_ddp_over_gloo_reports_scaling() -> None:
         "32",
     ]
     result = runner.NativeExecutor().run("bench.py", args, timeout_s=300, nproc=2)
+    if result.exit_code != 0 and "exitcode: -6" in result.stderr:
+        # Seen once in a full suite run on a 2-core machine: gloo aborted rank 0 (SIGABRT) during
+        # start-up and passed on every rerun. One retry keeps that known intermittent abort from
+        # failing the suite; a second failure, or any other failure, still fails the test.
+        result = runner.NativeExecutor().run("bench.py", args, timeout_s=300, nproc=2)
     assert result.exit_code == 0, result.stderr[-2000:]
     bench = runner._parse(runner.BenchResult, result.stdout)
     dist = bench.distributed
