@@ -26,7 +26,7 @@ import docker
 import docker.errors
 
 from envkit.errors import UsageError
-from envkit.seal import COPY_CHUNK, SAVE_CHUNK, IterReader, iter_tar, normalize_name
+from envkit.seal import COPY_CHUNK, SAVE_CHUNK, IterReader, Prefixed, iter_tar, normalize_name
 
 SUMMARY_LIMIT = 10
 _METADATA_MAX = 1 << 20
@@ -287,7 +287,7 @@ def collect_image(client: docker.DockerClient, ref: str, *, attrs: dict[str, Any
             if head[:1] in (b"{", b"["):
                 small[name] = head + data.read()
             else:
-                scanned[name] = scan_layer(_Joined(head, data))
+                scanned[name] = scan_layer(Prefixed(head, data))
         elif info.isreg() and info.size <= 64 << 20:
             small[name] = data.read()
     manifest = json.loads(small["manifest.json"])[0]
@@ -314,25 +314,6 @@ def collect_image(client: docker.DockerClient, ref: str, *, attrs: dict[str, Any
         apt_packages=apt_packages_from(merged.get("var/lib/dpkg/status", b"")),
         layers=layers,
     )
-
-
-class _Joined:
-    def __init__(self, head: bytes, tail: Any) -> None:
-        self._head = memoryview(head)
-        self._tail = tail
-
-    def read(self, n: int) -> bytes:
-        first = bytes(self._head[:n])
-        self._head = self._head[len(first) :]
-        return first + (self._tail.read(n - len(first)) if n > len(first) else b"")
-
-    def readinto(self, buf: memoryview) -> int:
-        if self._head:
-            n = min(len(buf), len(self._head))
-            buf[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        return self._tail.readinto(buf)
 
 
 @dataclass

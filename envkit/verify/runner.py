@@ -587,6 +587,16 @@ def verify(
             )
         return None
 
+    def no_report(what: str, result: RunResult, exc: ValueError) -> None:
+        report.log_tail = _tail(result.stderr)
+        report.verdict = Verdict(
+            status="failed",
+            exit_code=VerificationFailed.exit_code,
+            summary=f"the {what} printed no report (exit code {result.exit_code})",
+            reasons=[str(exc)],
+            fix="see log_tail in the JSON report",
+        )
+
     def timed_out(what: str, result: RunResult) -> None:
         report.timed_out = True
         report.log_tail = _tail(result.stderr)
@@ -608,14 +618,7 @@ def verify(
     try:
         report.probe = _parse(ProbeResult, probe_run.stdout)
     except ValueError as exc:
-        report.log_tail = _tail(probe_run.stderr)
-        report.verdict = Verdict(
-            status="failed",
-            exit_code=VerificationFailed.exit_code,
-            summary=f"the probe printed no report (exit code {probe_run.exit_code})",
-            reasons=[str(exc)],
-            fix="see log_tail in the JSON report",
-        )
+        no_report("probe", probe_run, exc)
         return report
     verdict = diagnose_probe(report.probe, cpu=options.cpu)
     if verdict is not None:
@@ -633,14 +636,7 @@ def verify(
     try:
         bench = _parse(BenchResult, bench_run.stdout)
     except ValueError as exc:
-        report.log_tail = _tail(bench_run.stderr)
-        report.verdict = Verdict(
-            status="failed",
-            exit_code=VerificationFailed.exit_code,
-            summary=f"the benchmark printed no report (exit code {bench_run.exit_code})",
-            reasons=[str(exc)],
-            fix="see log_tail in the JSON report",
-        )
+        no_report("benchmark", bench_run, exc)
         return report
     reference = reference_for(bench.device.name) if bench.device.type == "cuda" else None
     report.bench = with_peak_share(bench, reference)
