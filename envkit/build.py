@@ -128,8 +128,13 @@ def plan_build(
     with_requirements: bool = True,
     environ: dict[str, str] | None = None,
     use_lock: bool = True,
+    offline_index: str | None = None,
 ) -> BuildPlan:
-    """Everything a build needs, decided up front; raises before any engine work starts."""
+    """Everything a build needs, decided up front; raises before any engine work starts.
+
+    ``offline_index`` points the builder stage at a local package index (an offline restore);
+    it changes the builder stage only, never what the final image holds.
+    """
     ref = load(name)
     resolved = resolve_spec(ref)
     base_plan, base_ref = _base_for(ref)
@@ -154,7 +159,8 @@ def plan_build(
         nccl=resolved.nccl,
         arch_list=resolved.arch_list,
         min_driver=resolved.min_driver,
-        index_url=resolved.index_url,
+        index_url=offline_index or resolved.index_url,
+        tools_index_url=offline_index,
         lock_digest=lock_digest,
         ca_bundle=bundle is not None,
         system_pins=dict(lock.apt) if lock else {},
@@ -285,7 +291,12 @@ def _remove_containers(client: docker.DockerClient, ids: list[str]) -> None:
 
 
 def _stream_build(
-    client: docker.DockerClient, plan: BuildPlan, *, nocache: bool
+    client: docker.DockerClient,
+    plan: BuildPlan,
+    *,
+    nocache: bool,
+    network_mode: str | None = None,
+    buildargs: dict[str, str] | None = None,
 ) -> Iterator[BuildEvent]:
     """Run the classic build and yield events; the last one carries the image ID."""
     context = make_context(plan)
@@ -305,7 +316,8 @@ def _stream_build(
         nocache=nocache,
         pull=False,
         decode=True,
-        buildargs=proxy_build_args(),
+        buildargs=proxy_build_args() if buildargs is None else buildargs,
+        network_mode=network_mode,
         platform=plan.spec.platform,
     )
     try:
@@ -372,8 +384,13 @@ def build_image(
     tag: str | None = None,
     nocache: bool = False,
     seal: bool = True,
+    network_mode: str | None = None,
+    buildargs: dict[str, str] | None = None,
 ) -> Iterator[BuildEvent]:
     """Build ``plan``, seal it, and move ``tag`` (default: the spec's tag) to it; yields events.
+
+    ``network_mode`` and ``buildargs`` replace the engine's default network and the proxy
+    variables taken from the environment (an offline build passes its own).
 
     The final event is ``done`` with ``data["result"]`` a BuildResult.
     """
@@ -415,7 +432,7 @@ def build_image(
     t0 = time.monotonic()
     image_id = ""
     cached = 0
-    for event in _stream_build(client, plan, nocache=nocache):
+    for event in _stream_build(client, plan, nocache=nocache, network_mode=network_mode, buildargs=buildargs):
         if event.kind == "done":
             image_id = event.data["image_id"]
             cached = event.data["cached_steps"]

@@ -183,18 +183,24 @@ def lock(names: tuple[str, ...], all_images: bool, check: bool) -> None:
 
 
 @cli.command()
-@click.argument("target")
+@click.argument("target", required=False)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Manifest file to write (atomically).")
 @click.option("--with-host", is_flag=True, help="Record this host's driver, GPUs and engine version.")
 @click.option("--verify-report", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A JSON report from `envkit verify --json` to keep in the manifest.")
-def snapshot(target: str, output: Path, with_host: bool, verify_report: Path | None) -> None:
-    """Write a manifest of everything that defines NAME or IMAGE."""
+@click.option("--container", metavar="ID", help="A running container instead of NAME|IMAGE: its image, "
+              "plus the Python packages changed in it since it started (locked to PyPI wheels).")
+def snapshot(
+    target: str | None, output: Path, with_host: bool, verify_report: Path | None, container: str | None
+) -> None:
+    """Write a manifest of everything that defines NAME or IMAGE (or a running container)."""
     from envkit.engine import engine_version, get_client
     from envkit.snapshot import snapshot as take
     from envkit.snapshot import write_manifest
 
+    if (target is None) == (container is None):
+        raise UsageError("give NAME|IMAGE or --container ID (one of them, not both)")
     client = get_client()
     host = None
     if with_host:
@@ -202,7 +208,14 @@ def snapshot(target: str, output: Path, with_host: bool, verify_report: Path | N
 
         host = {"engine": engine_version(client), **read_host().to_json()}
     report = json.loads(verify_report.read_text()) if verify_report else None
-    manifest = take(client, target, host=host, verify_report=report)
+    if container is not None:
+        from envkit.drift import snapshot_container
+        from envkit.drift_cli import show_snapshot
+
+        manifest = snapshot_container(client, container, host=host, verify_report=report)
+        show_snapshot(manifest)
+    else:
+        manifest = take(client, target or "", host=host, verify_report=report)
     write_manifest(output, manifest)
     for problem in manifest.lock_mismatches:
         console.warning(f"image and lock disagree: {problem}")
@@ -213,39 +226,66 @@ def snapshot(target: str, output: Path, with_host: bool, verify_report: Path | N
 
 
 @cli.command()
-@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("manifest_path", metavar="MANIFEST|BUNDLE", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--tag", help="Tag for the restored image (default: the manifest's first tag).")
 @click.option("--no-cache", is_flag=True, help="Rebuild every step.")
+@click.option("--offline", is_flag=True, help="Build from a bundle (`envkit bundle`) with the build "
+              "network cut off: only the bundle's wheels and mirror files are reachable.")
 @click.option("--ca-bundle", envvar="ENVKIT_CA_BUNDLE", help="CA bundle for the builder stage "
               "(default: PIP_CERT, SSL_CERT_FILE or REQUESTS_CA_BUNDLE).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def restore(
-    manifest_path: Path, tag: str | None, no_cache: bool, ca_bundle: str | None, as_json: bool
+    manifest_path: Path, tag: str | None, no_cache: bool, offline: bool, ca_bundle: str | None,
+    as_json: bool,
 ) -> None:
     """Rebuild the image a manifest describes and prove it is the same image (exit 9 if not)."""
+    from envkit.bundle import is_bundle, open_bundle, restore_offline_events
     from envkit.engine import get_client
     from envkit.errors import ReproMismatch
-    from envkit.snapshot import read_manifest, restore_events
+    from envkit.snapshot import parse_manifest, read_manifest, restore_events
 
-    manifest = read_manifest(manifest_path)
+    if not manifest_path.is_file():
+        raise UsageError(f"{manifest_path}: no such manifest or bundle")
+    bundled = is_bundle(manifest_path)
+    if offline and not bundled:
+        raise UsageError(f"--offline needs a bundle, and {manifest_path} is not one",
+                         hint=f"make one with network: envkit bundle {manifest_path} -o env.bundle")
     if tag is not None:
         _check_tag(tag)
-    client = get_client()
     progress = console.Progress(f"restore {manifest_path}")
+    say = lambda message: progress.update("phase", message)  # noqa: E731
+    manifest = None if bundled else read_manifest(manifest_path)
+    client = get_client()
     result = None
     with progress.running():
-        for event in restore_events(client, manifest, tag=tag, nocache=no_cache, ca_bundle=ca_bundle):
+        if bundled:
+            opened = open_bundle(manifest_path, say=say)
+            manifest = parse_manifest(opened.manifest_text, f"{manifest_path}:manifest.json")
+        assert manifest is not None
+        # With drift, --tag names the final (drift) image; the base is restored under its own tag.
+        drift_tag, tag = (tag, None) if manifest.drift is not None else (None, tag)
+        if offline:
+            events = restore_offline_events(client, opened, manifest, tag=tag, nocache=no_cache, say=say)
+        else:
+            events = restore_events(client, manifest, tag=tag, nocache=no_cache, ca_bundle=ca_bundle)
+        for event in events:
             if event.kind == "done":
                 result = event.data["result"]
             else:
                 progress.update(event.kind, event.message, event.step, event.total)
     assert result is not None
+    if manifest.drift is not None:
+        from envkit.drift_cli import finish_restore
+
+        finish_restore(client, manifest, result, tag=drift_tag, nocache=no_cache, as_json=as_json)
+        return
     identical = result.image_id == manifest.image.id
     if as_json:
         console.out.print_json(json.dumps({**result.to_json(), "expected": manifest.image.id,
-                                           "identical": identical}))
+                                           "identical": identical, "offline": offline}))
     if identical:
-        console.success(f"identical: {result.tag} is {result.image_id}, the manifest's image")
+        how = " (offline, from the bundle alone)" if offline else ""
+        console.success(f"identical: {result.tag} is {result.image_id}, the manifest's image{how}")
         return
     from envkit.diff import diff_images
     from envkit.diff import render as render_diff

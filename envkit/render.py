@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 
@@ -38,6 +39,8 @@ class RenderInput:
     arch_list: tuple[str, ...]
     min_driver: str | None
     index_url: str | None = None
+    # An offline build's local index also serves the builder's pinned installer.
+    tools_index_url: str | None = None
     lock_digest: str | None = None
     ca_bundle: bool = False
     extra_labels: dict[str, str] = field(default_factory=dict)
@@ -136,6 +139,8 @@ def template_context(data: RenderInput) -> dict[str, Any]:
         "system_packages": system,
         "ca_bundle": data.ca_bundle,
         "index_url": data.index_url,
+        "tools_index_url": data.tools_index_url,
+        "tools_index_host": urlsplit(data.tools_index_url).hostname if data.tools_index_url else None,
         "source_date_epoch": spec.source_date_epoch,
         "user": spec.user.name,
         "uid": spec.user.uid,

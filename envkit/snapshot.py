@@ -22,9 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from envkit import __version__
 from envkit.atomic import write_text
+from envkit.drift import Drift
 from envkit.errors import IntegrityError, UsageError
 
-SCHEMA_VERSION = 1
+# 2 added the optional `drift` (a running container's changes, `snapshot --container`); 1 still reads.
+SCHEMA_VERSION = 2
 
 # Runs inside the image with its own Python (standard library only): installed distributions with
 # a hash of each RECORD (which lists every installed file's hash), and dpkg's package list.
@@ -105,6 +107,7 @@ class Manifest(_Strict):
     labels: dict[str, str]
     host: dict[str, Any] | None = None
     verify_report: dict[str, Any] | None = None
+    drift: Drift | None = None
     digest: str = ""
 
 
@@ -135,6 +138,11 @@ def read_manifest(path: Path) -> Manifest:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read manifest {path}: {exc.strerror}") from None
+    return parse_manifest(text, str(path))
+
+
+def parse_manifest(text: str, path: str) -> Manifest:
+    """A manifest from its JSON text; ``path`` names where it came from in messages."""
     try:
         data = json.loads(text)
     except ValueError as exc:
@@ -293,6 +301,20 @@ def materialize(manifest: Manifest, directory: Path) -> Path:
     return spec_path
 
 
+def plan_from_manifest(manifest: Manifest, directory: Path, **options: Any) -> Any:
+    """A build plan from the manifest's own spec and lock (``options`` go to ``plan_build``)."""
+    from envkit.build import plan_build
+
+    spec_path = materialize(manifest, directory)
+    plan = plan_build(str(spec_path), **options)
+    if plan.spec.digest() != manifest.spec_digest:
+        raise IntegrityError(
+            f"the manifest's spec digests to {plan.spec.digest()}, "
+            f"the manifest records {manifest.spec_digest}"
+        )
+    return plan
+
+
 def restore_events(
     client: docker.DockerClient,
     manifest: Manifest,
@@ -300,23 +322,27 @@ def restore_events(
     tag: str | None = None,
     nocache: bool = False,
     ca_bundle: str | None = None,
+    offline_index: str | None = None,
+    network_mode: str | None = None,
+    buildargs: dict[str, str] | None = None,
 ) -> Iterator[Any]:
     """Rebuild from the manifest alone (no catalog) and seal; yields build events.
 
     The last event is ``done`` with the build result; compare its image_id with manifest.image.id.
+    An offline restore passes the local package index, the cut-off network and its proxy args;
+    it gets no CA bundle, since nothing it fetches goes over TLS.
     """
-    from envkit.build import build_image, plan_build
+    from envkit.build import build_image
 
+    options: dict[str, Any] = {"ca_bundle": ca_bundle}
+    if offline_index is not None:
+        options = {"ca_bundle": None, "environ": {}, "offline_index": offline_index}
     with tempfile.TemporaryDirectory(prefix="envkit-restore-") as tmp:
-        spec_path = materialize(manifest, Path(tmp))
-        plan = plan_build(str(spec_path), ca_bundle=ca_bundle)
-        if plan.spec.digest() != manifest.spec_digest:
-            raise IntegrityError(
-                f"the manifest's spec digests to {plan.spec.digest()}, "
-                f"the manifest records {manifest.spec_digest}"
-            )
+        plan = plan_from_manifest(manifest, Path(tmp), **options)
         target = tag or (manifest.image.tags[0] if manifest.image.tags else plan.tag)
-        yield from build_image(client, plan, tag=target, nocache=nocache)
+        yield from build_image(
+            client, plan, tag=target, nocache=nocache, network_mode=network_mode, buildargs=buildargs
+        )
 
 
 def diff_view(manifest: Manifest) -> dict[str, Any]:

@@ -16,24 +16,46 @@ build_id() {
   "$envkit" build "$image" --no-cache --json "$@" | python3 -c 'import json,sys; print(json.load(sys.stdin)["image_id"])'
 }
 
+all_images() {
+  docker -H "$1" images -a -q --no-trunc | sort -u
+}
+
+# A --no-cache torch build leaves its builder stage and unsealed image behind (about 14 GB); the
+# check takes back what each build added, keeping only the sealed result.
+drop_new() {
+  local host="$1" before="$2" keep="$3"
+  comm -13 <(echo "$before") <(all_images "$host") | grep -v -x "$keep" | while read -r id; do
+    docker -H "$host" rmi -f "$id" >/dev/null 2>&1 || true
+  done
+}
+
 layers() {
   docker -H "$1" image inspect --format '{{range .RootFS.Layers}}{{println .}}{{end}}' "$2"
 }
 
 scripts/engine.sh
+engine1=unix:///var/run/docker.sock
 echo "== build 1 of $image (this engine, --no-cache)" >&2
+before=$(all_images "$engine1")
 id1=$(build_id)
-layers1=$(layers unix:///var/run/docker.sock "$id1")
+layers1=$(layers "$engine1" "$id1")
+drop_new "$engine1" "$before" "$id1"
 echo "== build 2 of $image (this engine, --no-cache)" >&2
+before=$(all_images "$engine1")
 id2=$(build_id)
-layers2=$(layers unix:///var/run/docker.sock "$id2")
+layers2=$(layers "$engine1" "$id2")
+drop_new "$engine1" "$before" "$id2"
 
 ENVKIT_DOCKER_SOCK="$second_sock" ENVKIT_DOCKERD_ROOT=/var/lib/envkit-docker2 \
   ENVKIT_DOCKERD_EXEC_ROOT=/run/envkit-docker2 ENVKIT_DOCKERD_LOG=/var/log/envkit-dockerd2.log \
   scripts/engine.sh
 echo "== build 3 of $image (second engine, own data-root, --no-cache)" >&2
-id3=$(DOCKER_HOST="unix://$second_sock" build_id)
-layers3=$(layers "unix://$second_sock" "$id3")
+engine2="unix://$second_sock"
+before=$(all_images "$engine2")
+id3=$(DOCKER_HOST="$engine2" build_id)
+layers3=$(layers "$engine2" "$id3")
+# The second engine only stands in for another machine: leave it as it was.
+drop_new "$engine2" "$before" ""
 
 echo "build 1 (engine 1): $id1"
 echo "build 2 (engine 1): $id2"

@@ -134,3 +134,42 @@ def torch_image(docker_client) -> Iterator[BuiltImage]:  # type: ignore[no-untyp
         tag=tag, image_id=data["image_id"], build_json=data, marker_cert=marker, ca_bundle=bundle
     )
     remove_new_images(docker_client, before)
+
+
+@dataclass(frozen=True)
+class SecondEngine:
+    client: object
+    env: dict[str, str]  # for run_envkit: points the CLI at the second engine
+
+
+SECOND_SOCK = "/run/envkit-docker2.sock"
+
+
+@pytest.fixture(scope="session")
+def second_engine() -> Iterator[SecondEngine]:
+    """A second dockerd with its own data-root and bridge: it stands in for another machine.
+
+    Started by scripts/engine.sh (stopped again at the end if this fixture started it); whatever
+    the tests leave on it is removed.
+    """
+    from envkit.engine import get_client
+
+    env = {
+        "ENVKIT_DOCKER_SOCK": SECOND_SOCK,
+        "ENVKIT_DOCKERD_ROOT": "/var/lib/envkit-docker2",
+        "ENVKIT_DOCKERD_EXEC_ROOT": "/run/envkit-docker2",
+        "ENVKIT_DOCKERD_LOG": "/var/log/envkit-dockerd2.log",
+    }
+    already = subprocess.run(["docker", "-H", f"unix://{SECOND_SOCK}", "version"], capture_output=True).returncode == 0
+    started = subprocess.run([str(REPO / "scripts" / "engine.sh")], env={**os.environ, **env},
+                             capture_output=True, text=True)
+    if started.returncode != 0:
+        pytest.fail(f"could not start the second engine: {started.stderr[-2000:]}")
+    client = get_client(f"unix://{SECOND_SOCK}")
+    before = image_ids(client)
+    yield SecondEngine(client=client, env={"DOCKER_HOST": f"unix://{SECOND_SOCK}"})
+    remove_new_images(client, before)
+    if not already:
+        pid_file = Path("/run/envkit-docker2/dockerd.pid")
+        if pid_file.is_file():
+            subprocess.run(["kill", pid_file.read_text().strip()], check=False)

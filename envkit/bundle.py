@@ -1,0 +1,363 @@
+"""Offline bundles: everything `envkit restore --offline` needs, in one tar file.
+
+A bundle holds the manifest, the base image (a docker-archive), every locked wheel the image's
+platform installs (and the builder's pinned installer), and the Debian mirror files apt fetched
+for the builder and the final stage. ``envkit-bundle.json`` lists each member with its sha256;
+a restore checks them all before it builds. The tar is uncompressed (wheels and .debs already
+are) so the package server reads members in place, and deterministic: sorted members, fixed
+mtimes and owners.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from envkit.atomic import open_atomic
+from envkit.errors import IntegrityError, NetworkError, UsageError
+from envkit.offline import DirStore, PackageServer, assert_cut_off, internal_network, outside_addresses
+
+BUNDLE_SCHEMA = 1
+INDEX_NAME = "envkit-bundle.json"
+MANIFEST_NAME = "manifest.json"
+BASE_NAME = "base/image.tar"
+CHUNK = 1 << 20
+
+# The newest glibc of each Debian suite: the manylinux tags its Python accepts go down from there.
+GLIBC_MINOR = {"bullseye": 31, "bookworm": 36, "trixie": 41}
+ARCHES = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
+
+Say = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def wheel_platforms(platform: str, suite: str) -> list[str]:
+    """pip ``--platform`` tags for an image, best first (as uv prefers them in the online build)."""
+    arch = ARCHES.get(platform)
+    if arch is None:
+        raise UsageError(f"no wheel platform is known for {platform}")
+    newest = GLIBC_MINOR.get(suite, 28)
+    tags = [f"manylinux_2_{minor}_{arch}" for minor in range(newest, 16, -1)]
+    tags += [f"manylinux2014_{arch}"]
+    if arch == "x86_64":
+        tags += ["manylinux2010_x86_64", "manylinux1_x86_64"]
+    return tags + [f"linux_{arch}"]
+
+
+def download_wheels(requirements: Path, dest: Path, *, python: str, platform: str, suite: str) -> None:
+    """pip downloads the exact wheels a hashed requirements file pins, for the image's platform."""
+    abi = "cp" + python.replace(".", "")
+    command = [
+        sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
+        "--require-hashes", "--python-version", python, "--implementation", "cp",
+        "--abi", abi, "--abi", "abi3", "--abi", "none", "-d", str(dest), "-r", str(requirements),
+    ]
+    for tag in wheel_platforms(platform, suite):
+        command += ["--platform", tag]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join(result.stderr.strip().splitlines()[-15:])
+        if "No module named pip" in result.stderr:
+            raise UsageError("envkit bundle downloads wheels with pip, which this Python lacks",
+                             hint="install pip beside envkit")
+        if "HASH" in result.stderr.upper() and "MISMATCH" in result.stderr.upper():
+            raise IntegrityError("a downloaded wheel does not match the lock's hash", details=tail)
+        raise NetworkError("pip could not download the locked wheels", details=tail)
+
+
+def apt_commands(plan: Any) -> dict[str, str]:
+    """The builder's and the final stage's apt installs, as download-only commands."""
+    from envkit.render import template_context
+
+    context = template_context(plan.render_input)
+    command = (
+        "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -q -y --download-only "
+        "--no-install-recommends "
+    )
+    return {
+        "builder": command + " ".join(context["builder_packages"]),
+        "system": command + " ".join(context["system_packages"]),
+    }
+
+
+def record_apt(client: docker.DockerClient, plan: Any, root: Path, say: Say) -> list[str]:
+    """Run each stage's apt install (download only) in the base, through a recording proxy."""
+    store = DirStore(root)
+    with internal_network(client) as (network, gateway):
+        with PackageServer(store, {}, gateway, record_to=store) as server:
+            for stage, command in apt_commands(plan).items():
+                say(f"apt: recording the {stage} stage's packages")
+                try:
+                    client.containers.run(
+                        plan.base_ref, ["bash", "-c", command], network=network, remove=True,
+                        environment={"http_proxy": server.url}, entrypoint="", user="0",
+                    )
+                except docker.errors.ContainerError as exc:
+                    stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+                    raise NetworkError(
+                        f"apt could not fetch the {stage} stage's pinned packages",
+                        hint="the mirror may no longer carry a pinned version; see the log",
+                        details=stderr[-3000:],
+                    ) from None
+            return sorted(set(server.log.recorded))
+
+
+def save_base(client: docker.DockerClient, base_ref: str, dest: Path) -> str:
+    image = client.images.get(base_ref)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with dest.open("wb") as out:
+        for chunk in client.api.get_image(base_ref):
+            out.write(chunk)
+    return str(image.id)
+
+
+@dataclass
+class BundleIndex:
+    schema_version: int
+    manifest_digest: str
+    image_id: str
+    base_ref: str
+    base_image_id: str
+    files: dict[str, dict[str, Any]]  # member -> {"sha256", "size"}
+    wheels: dict[str, str]  # wheel file -> sha256
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "manifest_digest": self.manifest_digest,
+            "image_id": self.image_id,
+            "base_ref": self.base_ref,
+            "base_image_id": self.base_image_id,
+            "files": self.files,
+            "wheels": self.wheels,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BundleIndex:
+        return cls(**{key: data[key] for key in (
+            "schema_version", "manifest_digest", "image_id", "base_ref", "base_image_id", "files", "wheels"
+        )})
+
+
+def _members(root: Path) -> Iterator[tuple[str, Path]]:
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        yield path.relative_to(root).as_posix(), path
+
+
+def _add(tar: tarfile.TarFile, name: str, size: int, mtime: int, source: Any) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, mtime, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, source)
+
+
+def write_bundle(output: Path, manifest_text: str, index: BundleIndex, root: Path, epoch: int) -> None:
+    """The bundle tar, written atomically: the old file survives any failure."""
+    index_text = json.dumps(index.to_json(), sort_keys=True, indent=2) + "\n"
+    with open_atomic(output) as handle, tarfile.open(
+        fileobj=handle, mode="w", format=tarfile.PAX_FORMAT
+    ) as tar:
+        for name, text in ((INDEX_NAME, index_text), (MANIFEST_NAME, manifest_text)):
+            data = text.encode()
+            _add(tar, name, len(data), epoch, _Bytes(data))
+        for name, path in _members(root):
+            with path.open("rb") as source:
+                _add(tar, name, path.stat().st_size, epoch, source)
+
+
+class _Bytes:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.data) if n < 0 else self.pos + n
+        chunk, self.pos = self.data[self.pos:end], min(end, len(self.data))
+        return chunk
+
+
+def make_bundle(
+    client: docker.DockerClient, manifest_path: Path, output: Path, *, say: Say = _quiet
+) -> BundleIndex:
+    """Gather what an offline restore of ``manifest_path`` needs into ``output``."""
+    from envkit.base import ensure_base
+    from envkit.build import TOOLS_LOCK
+    from envkit.snapshot import plan_from_manifest, read_manifest
+
+    manifest_text = Path(manifest_path).read_text(encoding="utf-8")
+    manifest = read_manifest(manifest_path)
+    if not manifest.lock:
+        raise UsageError(f"{manifest_path} carries no lock: only locked images can be bundled")
+    output = Path(output).absolute()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".envkit-bundle-", dir=output.parent) as tmp:
+        root = Path(tmp) / "members"
+        plan = plan_from_manifest(manifest, Path(tmp), ca_bundle=None)
+        if plan.base_plan is not None:
+            say(f"base: {plan.base_ref}")
+            ensure_base(client, plan.base_plan, log=None)
+        base_id = save_base(client, plan.base_ref, root / BASE_NAME)
+        expected_base = (manifest.lock.get("base") or {}).get("image_id")
+        if expected_base and expected_base != base_id:
+            raise IntegrityError(f"base {plan.base_ref} is {base_id}, the lock records {expected_base}")
+        say("wheels: downloading the locked set for the image's platform")
+        requirements = Path(tmp) / "requirements.txt"
+        requirements.write_text(plan.requirements or "")
+        suite = str((manifest.lock.get("base") or {}).get("suite") or "bookworm")
+        for source in (requirements, TOOLS_LOCK):
+            download_wheels(source, root / "wheels", python=plan.spec.python, platform=plan.spec.platform,
+                            suite=suite)
+        record_apt(client, plan, root, say)
+        files = {
+            name: {"sha256": sha256_file(path), "size": path.stat().st_size} for name, path in _members(root)
+        }
+        wheels = {
+            name.removeprefix("wheels/"): info["sha256"] for name, info in files.items()
+            if name.startswith("wheels/")
+        }
+        index = BundleIndex(
+            schema_version=BUNDLE_SCHEMA, manifest_digest=manifest.digest, image_id=manifest.image.id,
+            base_ref=plan.base_ref, base_image_id=base_id, files=files, wheels=wheels,
+        )
+        mirror_files = sum(name.startswith("apt/") for name in files)
+        say(f"writing {output.name}: {len(wheels)} wheels, {mirror_files} mirror files")
+        write_bundle(output, manifest_text, index, root, manifest.source_date_epoch)
+    return index
+
+
+@dataclass
+class OpenBundle:
+    path: Path
+    index: BundleIndex
+    manifest_text: str
+
+
+def is_bundle(path: Path) -> bool:
+    try:
+        with tarfile.open(path, "r:") as tar:
+            return tar.next() is not None and INDEX_NAME in tar.getnames()[:2]
+    except (tarfile.TarError, OSError):
+        return False
+
+
+def open_bundle(path: Path, *, say: Say = _quiet) -> OpenBundle:
+    """Read a bundle's index and manifest and check every member against its sha256 (exit 5)."""
+    try:
+        tar = tarfile.open(path, "r:")
+    except (tarfile.TarError, OSError) as exc:
+        raise IntegrityError(f"{path} is not a readable bundle: {exc}") from None
+    try:
+        with tar:
+            return _check_bundle(Path(path), tar, say)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise IntegrityError(f"{path} is damaged or truncated: {exc}") from None
+
+
+def _check_bundle(path: Path, tar: tarfile.TarFile, say: Say) -> OpenBundle:
+    members = {m.name: m for m in tar.getmembers() if m.isfile()}
+    if INDEX_NAME not in members or MANIFEST_NAME not in members:
+        raise IntegrityError(f"{path} has no {INDEX_NAME} or {MANIFEST_NAME}: not an envkit bundle")
+    data = json.loads(_read(tar, members[INDEX_NAME]))
+    if int(data.get("schema_version", 0)) > BUNDLE_SCHEMA:
+        raise UsageError(
+            f"{path} is bundle schema {data.get('schema_version')}; "
+            f"this envkit reads up to {BUNDLE_SCHEMA}"
+        )
+    index = BundleIndex.from_json(data)
+    manifest_text = _read(tar, members[MANIFEST_NAME]).decode()
+    say(f"checking {len(index.files)} files of {path.name}")
+    for name, info in sorted(index.files.items()):
+        member = members.get(name)
+        if member is None:
+            raise IntegrityError(f"{path} lacks {name}, which its index lists (truncated?)")
+        if _member_sha256(tar, member) != info["sha256"]:
+            raise IntegrityError(f"{path}: {name} does not match its sha256 (edited or damaged)")
+    return OpenBundle(path=path, index=index, manifest_text=manifest_text)
+
+
+def _member_sha256(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
+    source = tar.extractfile(member)
+    assert source is not None
+    digest = hashlib.sha256()
+    for block in iter(lambda: source.read(CHUNK), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    source = tar.extractfile(member)
+    assert source is not None
+    return source.read()
+
+
+def load_base(client: docker.DockerClient, bundle: OpenBundle, say: Say = _quiet) -> None:
+    """Load the bundle's base image unless the engine already has it under the same ID."""
+    ref, expected = bundle.index.base_ref, bundle.index.base_image_id
+    try:
+        present = client.images.get(ref).id
+    except docker.errors.ImageNotFound:
+        present = None
+    if present == expected:
+        return
+    if present is not None:
+        raise IntegrityError(f"{ref} on this engine is {present}, the bundle's base is {expected}",
+                             hint=f"remove the local {ref} and restore again")
+    say(f"base: loading {ref} from the bundle")
+    with tarfile.open(bundle.path, "r:") as tar:
+        source = tar.extractfile(BASE_NAME)
+        assert source is not None
+        client.api.load_image(source)
+    loaded = client.images.get(ref).id
+    if loaded != expected:
+        raise IntegrityError(f"the bundle's base loaded as {loaded}, its index records {expected}")
+
+
+def restore_offline_events(
+    client: docker.DockerClient, bundle: OpenBundle, manifest: Any, *, tag: str | None = None,
+    nocache: bool = False, say: Say = _quiet,
+) -> Iterator[Any]:
+    """Restore from an opened bundle with the build network cut off; yields build events."""
+    from envkit.offline import TarStore
+    from envkit.snapshot import restore_events
+
+    if manifest.digest != bundle.index.manifest_digest:
+        raise IntegrityError(f"{bundle.path}: its manifest is not the one its index was made for")
+    load_base(client, bundle, say)
+    with internal_network(client) as (network, gateway):
+        tried = assert_cut_off(client, network, bundle.index.base_ref, outside_addresses())
+        say(f"network: {network} is cut off ({', '.join(tried) or 'no outside address to try'} unreachable)")
+        with PackageServer(TarStore(bundle.path), bundle.index.wheels, gateway) as server:
+            proxy = {"http_proxy": server.url, "HTTP_PROXY": server.url,
+                     "no_proxy": gateway, "NO_PROXY": gateway}
+            try:
+                yield from restore_events(
+                    client, manifest, tag=tag, nocache=nocache, offline_index=f"{server.url}/simple/",
+                    network_mode=network, buildargs=proxy,
+                )
+            except Exception as exc:
+                missing = sorted(set(server.log.missing))
+                if missing and hasattr(exc, "hint"):
+                    exc.hint = "the bundle lacks: " + ", ".join(missing[:8])
+                raise

@@ -1,0 +1,61 @@
+"""Offline restore: a bundle alone rebuilds the identical image on another engine, network cut."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+from tests.conftest import BuiltImage, SecondEngine, image_ids, run_envkit
+
+
+def test_offline_restore_on_a_second_engine_gives_the_identical_image(
+    torch_image: BuiltImage, second_engine: SecondEngine, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "m.json"
+    assert run_envkit("snapshot", torch_image.tag, "-o", str(manifest)).returncode == 0
+
+    refused = run_envkit("restore", str(manifest), "--offline")
+    assert refused.returncode == 2, refused.stderr
+    assert "needs a bundle" in refused.stderr
+
+    bundle = tmp_path / "env.bundle"
+    made = run_envkit("bundle", str(manifest), "-o", str(bundle), "--json")
+    assert made.returncode == 0, made.stderr[-3000:]
+    info = json.loads(made.stdout)
+    assert info["image_id"] == torch_image.image_id
+    assert info["wheels"] >= 28  # the 28 locked wheels and the builder's installer
+    assert bundle.stat().st_size == info["size"]
+
+    engine2 = second_engine.client
+    assert torch_image.image_id not in image_ids(engine2)
+    target = f"envkit-test/offline:{uuid.uuid4().hex[:8]}"
+    restored = run_envkit("restore", str(bundle), "--offline", "--tag", target, "--json", env=second_engine.env)
+    assert restored.returncode == 0, restored.stderr[-4000:]
+    result = json.loads(restored.stdout)
+    assert result["identical"] is True and result["offline"] is True
+    assert result["image_id"] == torch_image.image_id
+    assert engine2.images.get(target).id == torch_image.image_id  # type: ignore[attr-defined]
+    # The build ran on a network with no way out: restore proved it before building.
+    assert "is cut off" in restored.stderr
+    assert not engine2.networks.list(filters={"label": "io.envkit.offline"})  # type: ignore[attr-defined]
+
+
+def test_not_a_bundle_exits_2_and_a_damaged_one_exits_5(tmp_path: Path) -> None:
+    from envkit.bundle import BundleIndex, write_bundle
+
+    fake = tmp_path / "zeros.bundle"
+    fake.write_bytes(b"\0" * 4096)
+    result = run_envkit("restore", str(fake), "--offline")
+    assert result.returncode == 2, result.stderr
+
+    root = tmp_path / "members" / "wheels"
+    root.mkdir(parents=True)
+    (root / "a-1-py3-none-any.whl").write_bytes(b"wheel")
+    files = {"wheels/a-1-py3-none-any.whl": {"sha256": "0" * 64, "size": 5}}
+    index = BundleIndex(1, "sha256:m", "sha256:i", "b:1", "sha256:b", files, {"a-1-py3-none-any.whl": "0" * 64})
+    damaged = tmp_path / "damaged.bundle"
+    write_bundle(damaged, "{}", index, tmp_path / "members", 0)
+    result = run_envkit("restore", str(damaged), "--offline")
+    assert result.returncode == 5, result.stderr
+    assert "does not match its sha256" in result.stderr
