@@ -129,11 +129,14 @@ def plan_build(
     environ: dict[str, str] | None = None,
     use_lock: bool = True,
     offline_index: str | None = None,
+    source: str | None = None,
 ) -> BuildPlan:
     """Everything a build needs, decided up front; raises before any engine work starts.
 
     ``offline_index`` points the builder stage at a local package index (an offline restore);
-    it changes the builder stage only, never what the final image holds.
+    it changes the builder stage only, never what the final image holds. ``source`` names the
+    spec in the Dockerfile's header instead of its path (a restore names the catalog file the
+    manifest came from, so its build inputs equal the original build's).
     """
     ref = load(name)
     resolved = resolve_spec(ref)
@@ -150,7 +153,7 @@ def plan_build(
         requirements, lock_source = resolve_requirements(ref, resolved), "resolved now"
     render_input = RenderInput(
         spec=ref.spec,
-        source=ref.display,
+        source=source or ref.display,
         base_ref=base_ref,
         torch=resolved.torch,
         torchvision=ref.spec.torchvision,

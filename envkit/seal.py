@@ -657,6 +657,10 @@ def resolve_epoch(attrs: dict[str, Any], image: str, source_date_epoch: int | No
 
 
 _SOURCE_HASH = re.compile(r"\b(dir|file|multi):[0-9a-f]{64}\b")
+# The classic builder prefixes a RUN's history with "|N " whenever the build was given build args,
+# N counting the declared ones it then lists; proxy variables are never listed, so a build with
+# only those says "|0 ". Whether the builder had a proxy must not change the image.
+_NO_BUILD_ARGS = re.compile(r"^\|0 ")
 EMPTY_LAYER_DIGEST = "sha256:" + hashlib.sha256(END_OF_ARCHIVE).hexdigest()
 
 
@@ -682,6 +686,8 @@ def sealed_config(config: dict[str, Any], layer_digests: list[str | None], epoch
         for entry in history:
             item = {k: v for k, v in entry.items() if k in ("created_by", "comment", "author", "empty_layer")}
             item["created"] = created
+            if "created_by" in item:
+                item["created_by"] = _NO_BUILD_ARGS.sub("", str(item["created_by"]))
             if not entry.get("empty_layer"):
                 digest = layer_digests[layer_no]
                 if digest is None:

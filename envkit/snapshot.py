@@ -334,9 +334,9 @@ def restore_events(
     """
     from envkit.build import build_image
 
-    options: dict[str, Any] = {"ca_bundle": ca_bundle}
+    options: dict[str, Any] = {"ca_bundle": ca_bundle, "source": manifest.source}
     if offline_index is not None:
-        options = {"ca_bundle": None, "environ": {}, "offline_index": offline_index}
+        options.update(ca_bundle=None, environ={}, offline_index=offline_index)
     with tempfile.TemporaryDirectory(prefix="envkit-restore-") as tmp:
         plan = plan_from_manifest(manifest, Path(tmp), **options)
         target = tag or (manifest.image.tags[0] if manifest.image.tags else plan.tag)

@@ -308,6 +308,17 @@ def test_copy_source_hash_in_history_names_the_sealed_layer() -> None:
     assert sealed["history"][0]["created_by"] == "/bin/sh -c #(nop) COPY dir:" + "b" * 64 + " in /opt/venv "
 
 
+def test_a_build_given_only_proxy_args_seals_like_one_given_none() -> None:
+    digest = "sha256:" + "b" * 64
+    plain, proxied, declared = _config(1), _config(1), _config(1)
+    plain["history"][0]["created_by"] = "/bin/bash -o pipefail -c apt-get update"
+    proxied["history"][0]["created_by"] = "|0 /bin/bash -o pipefail -c apt-get update"
+    declared["history"][0]["created_by"] = "|1 FLAVOUR=x /bin/bash -o pipefail -c apt-get update"
+    assert sealed_config(plain, [digest], EPOCH) == sealed_config(proxied, [digest], EPOCH)
+    kept = json.loads(sealed_config(declared, [digest], EPOCH))["history"][0]["created_by"]
+    assert kept.startswith("|1 FLAVOUR=x ")  # a declared build arg is part of what made the layer
+
+
 def test_epoch_from_argument_label_or_error() -> None:
     attrs = {"Config": {"Labels": {"io.envkit.source-date-epoch": "1234"}}}
     assert resolve_epoch(attrs, "img", None) == 1234
