@@ -71,6 +71,8 @@ def list_catalog() -> list[tuple[str, ImageSpec]]:
 
 def image_ref_for(name: str) -> str:
     """The Docker tag of a catalog image, or the name itself when it is already an image reference."""
+    if name.startswith("sha256:"):
+        return name  # an image ID
     if ":" in name and "/" not in name and not name.endswith((".yaml", ".yml")):
         return load(name).spec.image_tag
     if name.endswith((".yaml", ".yml")):

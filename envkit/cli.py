@@ -291,6 +291,8 @@ def restore(
     from envkit.diff import render as render_diff
     from envkit.snapshot import diff_view
 
+    console.warning(f"restored {result.image_id[:19]}, not the manifest's {manifest.image.id[:19]}: "
+                    "reading the image to explain the difference (a few minutes for a large one)")
     difference = diff_images(client, diff_view(manifest), result.image_id)
     render_diff(difference, console.console)
     raise ReproMismatch(f"restored {result.image_id}, the manifest records {manifest.image.id}")

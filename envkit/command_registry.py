@@ -14,6 +14,8 @@ FEATURE_COMMANDS: tuple[tuple[str, str], ...] = (
     ("envkit.matrix_cli", "doctor"),
     ("envkit.verify.cli", "verify"),
     ("envkit.devrun_cli", "commands"),
+    ("envkit.bundle_cli", "commands"),
+    ("envkit.sbom_cli", "sbom"),
 )
 
 

@@ -1,0 +1,636 @@
+"""Container drift: Python packages changed by hand in a running container, locked and restored.
+
+``snapshot_container`` takes the usual manifest of the container's image, lists the Python
+distributions inside the running container (``docker exec`` of the same collect script) and records
+what differs: distributions added or changed (a new version) are locked to the PyPI wheel that fits
+the image (name, version, file, URL, sha256), removed ones are listed, and ``docker diff``'s counts
+are kept for information. Only packages from the index can be locked; anything else is refused.
+
+``drift_events`` builds the drift on top of the restored base image, with no network on the
+engine: the host downloads the locked wheels and checks their sha256, a staging stage lays them out
+with ``wheelinstall`` (standard library only) under a staging root, and the final stage removes the
+files of replaced or removed distributions (by their RECORD) and copies the staged tree over
+``/opt/venv``. The result is sealed with the manifest's SOURCE_DATE_EPOCH, its Python set is
+checked against the container's, and only then is the tag moved.
+
+Not restored: files changed outside Python distributions (``docker diff`` is recorded as counts
+only) and dpkg changes (listed in ``apt_changes`` for information).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin
+
+import docker
+import docker.errors
+import requests
+import requests.exceptions
+from packaging.tags import compatible_tags, cpython_tags
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
+from pydantic import BaseModel, ConfigDict, Field
+
+from envkit.errors import IntegrityError, NetworkError, ReproMismatch, UsageError
+
+if TYPE_CHECKING:
+    from envkit.build import BuildEvent
+    from envkit.snapshot import Manifest
+
+VENV = "/opt/venv"
+PYPI_JSON = "https://pypi.org/pypi/{name}/{version}/json"
+PYPI_SIMPLE = "https://pypi.org/simple/{name}/"
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+DRIFT_LABEL = "io.envkit.drift"
+HTTP_TIMEOUT = 60
+_STAGE = "/stage"
+_CONTEXT_DIR = "/tmp/envkit-drift"
+
+# Runs in the final stage with the image's Python and no site (standard library only): removes the
+# files each named distribution's RECORD lists (and their bytecode), its dist-info, and directories
+# left empty, never anything outside the prefix. A name that is not installed fails the build.
+# Arguments: PREFIX NAME...
+REMOVE_SCRIPT = r"""
+import csv, importlib.util, os, re, shutil, sys
+prefix, wanted = os.path.normpath(sys.argv[1]), set(sys.argv[2:])
+site = "%s/lib/python%d.%d/site-packages" % (prefix, sys.version_info[0], sys.version_info[1])
+found, emptied = set(), set()
+for entry in sorted(os.listdir(site)):
+    dist = os.path.join(site, entry)
+    if not entry.endswith(".dist-info") or not os.path.isfile(os.path.join(dist, "METADATA")):
+        continue
+    name = None
+    with open(os.path.join(dist, "METADATA"), encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if not line.strip():
+                break
+            if line.startswith("Name:"):
+                name = re.sub(r"[-_.]+", "-", line.split(":", 1)[1].strip()).lower()
+                break
+    if name not in wanted:
+        continue
+    found.add(name)
+    with open(os.path.join(dist, "RECORD"), encoding="utf-8", newline="") as fh:
+        rows = [row[0] for row in csv.reader(fh) if row]
+    for rel in rows:
+        path = os.path.normpath(os.path.join(site, rel))
+        if not path.startswith(prefix + os.sep) or path.startswith(dist + os.sep):
+            continue
+        targets = [path]
+        if path.endswith(".py"):
+            targets += [importlib.util.cache_from_source(path, optimization=o) for o in ("", 1, 2)]
+        for target in targets:
+            if os.path.islink(target) or os.path.isfile(target):
+                os.remove(target)
+                emptied.add(os.path.dirname(target))
+    shutil.rmtree(dist)
+    print("removed %s (%s)" % (name, entry))
+for directory in sorted(emptied, key=len, reverse=True):
+    while directory.startswith(site + os.sep) and os.path.isdir(directory) and not os.listdir(directory):
+        os.rmdir(directory)
+        directory = os.path.dirname(directory)
+missing = sorted(wanted - found)
+if missing:
+    sys.exit("not installed, cannot remove: " + ", ".join(missing))
+"""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LockedWheel(_Strict):
+    """A distribution added or changed in the container, locked to one wheel on the index."""
+
+    name: str
+    version: str
+    image_version: str | None = None  # None: not in the image at all
+    filename: str
+    url: str
+    sha256: str
+
+
+class DiffCounts(_Strict):
+    """``docker diff`` of the container against its image: paths added, changed, deleted."""
+
+    added: int
+    changed: int
+    deleted: int
+
+
+class Drift(_Strict):
+    """What a running container changed in its image's Python set, with the wheels to redo it."""
+
+    container_id: str
+    container_name: str
+    wheels: list[LockedWheel] = Field(default_factory=list)
+    removed: dict[str, str] = Field(default_factory=dict)  # name -> version in the image
+    python_packages: dict[str, str]  # the container's whole Python set, name -> version
+    apt_changes: list[str] = Field(default_factory=list)
+    docker_diff: DiffCounts
+
+    def digest(self) -> str:
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class PackageChanges:
+    added: dict[str, str]
+    changed: dict[str, tuple[str, str]]  # name -> (image version, container version)
+    removed: dict[str, str]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.changed or self.removed)
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    image_id: str
+    tag: str
+    unsealed_id: str
+    packages: int
+    removed: int
+    layers: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+# ---------------------------------------------------------------------------------------------
+# What changed
+
+
+def _versions(packages: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in packages.items():
+        version = value.get("version") if isinstance(value, dict) else getattr(value, "version", value)
+        out[name] = str(version)
+    return out
+
+
+def compare_packages(image: dict[str, Any], container: dict[str, Any]) -> PackageChanges:
+    """Distributions added, changed (by version) and removed in the container, by normalized name."""
+    before, after = _versions(image), _versions(container)
+    return PackageChanges(
+        added={n: after[n] for n in sorted(set(after) - set(before))},
+        changed={n: (before[n], after[n]) for n in sorted(set(after) & set(before)) if before[n] != after[n]},
+        removed={n: before[n] for n in sorted(set(before) - set(after))},
+    )
+
+
+def apt_changes(image: dict[str, str], container: dict[str, str]) -> list[str]:
+    lines = [f"{n}: added {container[n]}" for n in sorted(set(container) - set(image))]
+    lines += [f"{n}: {image[n]} -> {container[n]}" for n in sorted(set(image) & set(container))
+              if image[n] != container[n]]
+    lines += [f"{n}: removed {image[n]}" for n in sorted(set(image) - set(container))]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Which wheel fits the image
+
+
+def glibc_version(apt: dict[str, str]) -> tuple[int, int]:
+    """The image's glibc from dpkg's libc6 version (2.17 when unknown: the manylinux2014 floor)."""
+    match = re.match(r"^(?:\d+:)?(\d+)\.(\d+)", apt.get("libc6", ""))
+    return (int(match.group(1)), int(match.group(2))) if match else (2, 17)
+
+
+def machine(platform: str) -> str:
+    return {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}.get(platform, "x86_64")
+
+
+def _linux_platforms(glibc: tuple[int, int], arch: str) -> list[str]:
+    legacy = {(2, 17): "manylinux2014", (2, 12): "manylinux2010", (2, 5): "manylinux1"}
+    floor = 5 if arch == "x86_64" else 17
+    platforms: list[str] = []
+    for minor in range(glibc[1], floor - 1, -1):
+        platforms.append(f"manylinux_{glibc[0]}_{minor}_{arch}")
+        if (glibc[0], minor) in legacy and (minor >= 17 or arch == "x86_64"):
+            platforms.append(f"{legacy[(glibc[0], minor)]}_{arch}")
+    return [*platforms, f"linux_{arch}"]
+
+
+def image_tags(python: str, glibc: tuple[int, int], arch: str) -> list[str]:
+    """Wheel tags a CPython ``python`` on that glibc and machine installs, most preferred first."""
+    major, minor = (int(part) for part in python.split(".")[:2])
+    platforms = _linux_platforms(glibc, arch)
+    interpreter = f"cp{major}{minor}"
+    tags = [*cpython_tags((major, minor), abis=[interpreter], platforms=platforms),
+            *compatible_tags((major, minor), interpreter, platforms)]
+    return [str(tag) for tag in tags]
+
+
+@dataclass(frozen=True)
+class IndexFile:
+    filename: str
+    url: str
+    sha256: str  # hex, "" when the index gives none
+
+
+def files_from_json(release: dict[str, Any], base_url: str = PYPI_JSON) -> list[IndexFile]:
+    """The files of one release from PyPI's JSON API (``urls``); relative URLs made absolute."""
+    return [
+        IndexFile(str(f.get("filename", "")), urljoin(base_url, str(f.get("url", ""))),
+                  str((f.get("digests") or {}).get("sha256", "")))
+        for f in release.get("urls") or []
+        if f.get("packagetype") == "bdist_wheel"
+    ]
+
+
+def files_from_simple(project: dict[str, Any], version: str, base_url: str = PYPI_SIMPLE) -> list[IndexFile]:
+    """The wheels of ``version`` from a PEP 691 simple-index page (what pip itself reads)."""
+    try:
+        wanted = Version(version)
+    except InvalidVersion:
+        return []
+    files = []
+    for f in project.get("files") or []:
+        filename = str(f.get("filename", ""))
+        try:
+            _, file_version, _, _ = parse_wheel_filename(filename)
+        except (InvalidWheelFilename, InvalidVersion):
+            continue  # an sdist, or a name no installer would take
+        if file_version == wanted:
+            files.append(IndexFile(filename, urljoin(base_url, str(f.get("url", ""))),
+                                   str((f.get("hashes") or {}).get("sha256", ""))))
+    return files
+
+
+def choose_wheel(files: list[IndexFile], tags: list[str], *, name: str, version: str,
+                 image_version: str | None = None) -> LockedWheel:
+    """The wheel of a release that the image would install (best tag first); sdists do not count."""
+    rank = {tag: index for index, tag in enumerate(tags)}
+    best: tuple[int, str, IndexFile] | None = None
+    for file in files:
+        try:
+            _, _, _, file_tags = parse_wheel_filename(file.filename)
+        except (InvalidWheelFilename, InvalidVersion):
+            continue
+        score = min((rank[str(t)] for t in file_tags if str(t) in rank), default=None)
+        if score is not None and (best is None or (score, file.filename) < best[:2]):
+            best = (score, file.filename, file)
+    if best is None:
+        raise UsageError(
+            f"{name} {version} has no wheel on PyPI that fits the image",
+            hint="drift can only be locked for packages installed from wheels on the package index",
+        )
+    chosen = best[2]
+    if not re.fullmatch(r"[0-9a-f]{64}", chosen.sha256):
+        raise IntegrityError(f"PyPI gives no sha256 for {chosen.filename}")
+    return LockedWheel(name=name, version=version, image_version=image_version, filename=chosen.filename,
+                       url=chosen.url, sha256=f"sha256:{chosen.sha256}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The index
+
+
+def http_session() -> requests.Session:
+    """A session that trusts the same CA bundle as builds (PIP_CERT, SSL_CERT_FILE, ...)."""
+    from envkit.context import detect_ca_bundle
+
+    session = requests.Session()
+    bundle = detect_ca_bundle(None)
+    session.verify = str(bundle) if bundle else True
+    return session
+
+
+def _get(session: requests.Session, url: str, what: str, **headers: str) -> requests.Response | None:
+    """The response, None for a 404; unreachable or other answers are network errors (exit 6)."""
+    try:
+        response = session.get(url, timeout=HTTP_TIMEOUT, headers=headers or None)
+    except requests.exceptions.RequestException as exc:
+        raise NetworkError(f"cannot reach PyPI for {what}: {exc}",
+                           hint="check the proxy variables and the CA bundle") from exc
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        raise NetworkError(f"PyPI answered {response.status_code} for {what} ({url})")
+    return response
+
+
+def release_files(session: requests.Session, name: str, version: str) -> list[IndexFile]:
+    """The wheels PyPI has for ``name`` ``version``: the JSON API, else the simple index.
+
+    Neither knowing the release means it did not come from PyPI: an error (exit 2).
+    """
+    what = f"{name} {version}"
+    response = _get(session, PYPI_JSON.format(name=name, version=version), what)
+    if response is not None:
+        return files_from_json(dict(response.json()), response.url)
+    response = _get(session, PYPI_SIMPLE.format(name=name), what, Accept=SIMPLE_JSON)
+    files = files_from_simple(dict(response.json()), version, response.url) if response is not None else []
+    if not files and (response is None or not _has_version(dict(response.json()), version)):
+        raise UsageError(
+            f"{what} is installed in the container but is not on PyPI "
+            "(installed from a local path, a URL or another index?)",
+            hint="drift can only be locked for packages from the package index; add it to the "
+            "image spec instead, or install the released version from PyPI in the container",
+        )
+    return files
+
+
+def _has_version(project: dict[str, Any], version: str) -> bool:
+    try:
+        return Version(version) in {Version(v) for v in project.get("versions") or []}
+    except InvalidVersion:
+        return False
+
+
+def lock_changes(changes: PackageChanges, tags: list[str], session: requests.Session) -> list[LockedWheel]:
+    wanted: dict[str, tuple[str, str | None]] = {n: (v, None) for n, v in changes.added.items()}
+    wanted.update({n: (new, old) for n, (old, new) in changes.changed.items()})
+    wheels = []
+    for name in sorted(wanted):
+        version, image_version = wanted[name]
+        files = release_files(session, name, version)
+        wheels.append(choose_wheel(files, tags, name=name, version=version, image_version=image_version))
+    return wheels
+
+
+# ---------------------------------------------------------------------------------------------
+# The container
+
+
+def running_container(client: docker.DockerClient, ref: str) -> Any:
+    try:
+        container = client.containers.get(ref)
+    except docker.errors.NotFound:
+        raise UsageError(f"container {ref} not found", hint="`docker ps` lists running containers") from None
+    if container.status != "running":
+        raise UsageError(f"container {ref} is {container.status}, not running",
+                         hint=f"start it (`docker start {ref}`) and snapshot again")
+    return container
+
+
+def collect_in_container(container: Any) -> dict[str, Any]:
+    """The collect script, run by docker exec inside the running container (as root, no bytecode)."""
+    from envkit.snapshot import COLLECT_SCRIPT
+
+    exit_code, output = container.exec_run(["python3", "-B", "-c", COLLECT_SCRIPT], user="0", demux=True)
+    stdout, stderr = output if isinstance(output, tuple) else (output, b"")
+    if exit_code != 0 or not stdout:
+        detail = (stderr or b"").decode(errors="replace").strip()[-500:]
+        raise UsageError(f"could not list the packages inside container {container.name}: {detail}")
+    return dict(json.loads(stdout.decode().strip().splitlines()[-1]))
+
+
+def diff_counts(client: docker.DockerClient, container_id: str) -> DiffCounts:
+    kinds = [int(change.get("Kind", -1)) for change in client.api.diff(container_id) or []]
+    return DiffCounts(added=kinds.count(1), changed=kinds.count(0), deleted=kinds.count(2))
+
+
+def snapshot_container(
+    client: docker.DockerClient,
+    ref: str,
+    *,
+    host: dict[str, Any] | None = None,
+    verify_report: dict[str, Any] | None = None,
+    session: requests.Session | None = None,
+) -> Manifest:
+    """The manifest of the container's image, with the container's drift locked into it."""
+    from envkit.snapshot import seal_manifest, snapshot
+
+    container = running_container(client, ref)
+    image_id = str(container.attrs["Image"])
+    base = snapshot(client, image_id, host=host, verify_report=verify_report)
+    found = collect_in_container(container)
+    changes = compare_packages(base.python_packages, found["python"])
+    tags = image_tags(base.stack.python or "3.11", glibc_version(base.apt_packages),
+                      machine(str(base.spec.get("platform", "linux/amd64"))))
+    wheels = lock_changes(changes, tags, session or http_session())
+    drift = Drift(
+        container_id=container.id,
+        container_name=container.name,
+        wheels=wheels,
+        removed=changes.removed,
+        python_packages=dict(sorted(_versions(found["python"]).items())),
+        apt_changes=apt_changes(base.apt_packages, dict(found.get("apt") or {})),
+        docker_diff=diff_counts(client, container.id),
+    )
+    return seal_manifest(base.model_copy(update={"drift": drift}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Restoring: the drift layer on top of the restored base
+
+
+def drift_tag(manifest: Manifest, tag: str | None) -> str:
+    """``--tag``, else the base image's tag with ``-drift`` added."""
+    if tag:
+        return tag
+    spec = manifest.spec
+    base = manifest.image.tags[0] if manifest.image.tags else f"envkit/{spec['name']}:{spec['tag']}"
+    repo, _, tag_part = base.rpartition(":")
+    return f"{repo}:{tag_part[:122]}-drift"
+
+
+def download_wheels(wheels: list[LockedWheel], session: requests.Session) -> dict[str, bytes]:
+    """Each locked wheel, checked against its sha256 (exit 5 on a mismatch)."""
+    files: dict[str, bytes] = {}
+    for wheel in wheels:
+        try:
+            response = session.get(wheel.url, timeout=HTTP_TIMEOUT)
+            response.raise_for_status()
+        except requests.exceptions.RequestException as exc:
+            raise NetworkError(f"cannot download {wheel.filename}: {exc}",
+                               hint="check the proxy variables and the CA bundle") from exc
+        actual = "sha256:" + hashlib.sha256(response.content).hexdigest()
+        if actual != wheel.sha256:
+            raise IntegrityError(
+                f"{wheel.filename}: downloaded {actual}, the manifest locks {wheel.sha256}",
+                hint="the file on the index is not the one the drift was locked to",
+            )
+        files[wheel.filename] = response.content
+    return files
+
+
+def render_drift_dockerfile(base_id: str, drift: Drift, *, user: str) -> str:
+    """Two stages: wheels laid out in staging; the final stage removes old files, copies the tree."""
+    replaced = sorted({w.name for w in drift.wheels if w.image_version is not None} | set(drift.removed))
+    switch = user.split(":")[0] not in ("", "0", "root")  # the removal runs as root, then back
+    lines = [
+        f"# Drift of container {drift.container_name} ({drift.container_id[:12]}) on {base_id}.",
+        "# Rendered by envkit from the manifest; the build runs with no network.",
+    ]
+    if drift.wheels:
+        install = [f"{VENV}/bin/python", "-I", "-S", "-B", f"{_CONTEXT_DIR}/wheelinstall.py",
+                   "--root", _STAGE, "--prefix", VENV, f"{_CONTEXT_DIR}/wheels"]
+        lines += [f"FROM {base_id} AS staging", "USER 0:0", f"COPY drift/ {_CONTEXT_DIR}/",
+                  f"RUN {json.dumps(install)}", ""]
+    lines.append(f"FROM {base_id}")
+    if replaced:
+        remove = [f"{VENV}/bin/python", "-I", "-S", "-B", "-c", REMOVE_SCRIPT, VENV, *replaced]
+        lines += ["USER 0:0"] if switch else []
+        lines.append(f"RUN {json.dumps(remove)}")
+    if drift.wheels:
+        lines.append(f"COPY --from=staging {_STAGE}{VENV}/ {VENV}/")
+    if replaced and switch:
+        lines.append(f"USER {user}")
+    lines.append(f'LABEL "{DRIFT_LABEL}"="{drift.digest()}"')
+    return "\n".join(lines) + "\n"
+
+
+def drift_context(dockerfile: str, wheels: dict[str, bytes]) -> Any:
+    from envkit.context import BuildContext
+    from envkit.resources import PACKAGE_DIR
+
+    context = BuildContext()
+    context.add("Dockerfile", dockerfile.encode())
+    if wheels:
+        context.add("drift/wheelinstall.py", (PACKAGE_DIR / "wheelinstall.py").read_bytes())
+        for filename, data in sorted(wheels.items()):
+            context.add(f"drift/wheels/{filename}", data)
+    return context
+
+
+def _stream(client: docker.DockerClient, tar: bytes, *, nocache: bool, platform: str) -> Iterator[BuildEvent]:
+    """The classic build with no network; yields step and log events, then ``done`` with the ID."""
+    from envkit.build import (
+        _ANSI_RE,
+        _BUILT_RE,
+        _RUNNING_RE,
+        _STEP_RE,
+        LOG_TAIL,
+        BuildEvent,
+        _classify_failure,
+        _remove_containers,
+    )
+    from envkit.errors import BuildFailed, EngineUnreachable
+
+    log: deque[str] = deque(maxlen=LOG_TAIL)
+    started: list[str] = []
+    step_line, image_id, pending = "", None, ""
+    try:
+        stream = client.api.build(fileobj=tar, custom_context=True, encoding=None, rm=True, forcerm=True,
+                                  nocache=nocache, pull=False, decode=True, network_mode="none",
+                                  platform=platform)
+        for chunk in stream:
+            if "error" in chunk:
+                raise _classify_failure(str(chunk["error"]), list(log), step_line)
+            text = chunk.get("stream")
+            if not isinstance(text, str):
+                continue
+            pending += _ANSI_RE.sub("", text).replace("\r", "\n")
+            *lines, pending = pending.split("\n")
+            for line in filter(str.strip, lines):
+                log.append(line)
+                if step := _STEP_RE.match(line):
+                    step_line = line
+                    yield BuildEvent("step", step.group(3), int(step.group(1)), int(step.group(2)))
+                elif running := _RUNNING_RE.match(line):
+                    started.append(running.group(1))
+                elif built := _BUILT_RE.match(line):
+                    image_id = built.group(1)
+                else:
+                    yield BuildEvent("log", line.rstrip())
+    except (requests.exceptions.ConnectionError, docker.errors.APIError) as exc:
+        _remove_containers(client, started)
+        if isinstance(exc, docker.errors.APIError):
+            raise BuildFailed(f"the engine refused the drift build: {exc.explanation or exc}") from exc
+        raise EngineUnreachable(f"lost the Docker engine during the drift build: {exc}") from exc
+    except BaseException:
+        _remove_containers(client, started)
+        raise
+    if image_id is None:
+        raise BuildFailed("the drift build finished without reporting an image", details="\n".join(log))
+    yield BuildEvent("done", "built", data={"image_id": client.images.get(image_id).id})
+
+
+def check_drift_image(client: docker.DockerClient, manifest: Manifest, image_id: str) -> None:
+    """The new image holds the base's layers and exactly the container's Python set (exit 9 if not)."""
+    from envkit.snapshot import collect_packages
+
+    assert manifest.drift is not None
+    layers = list((client.api.inspect_image(image_id).get("RootFS") or {}).get("Layers") or [])
+    if layers[: len(manifest.image.layers)] != list(manifest.image.layers):
+        raise ReproMismatch(f"the drift image {image_id[:19]} does not keep the base image's layers")
+    found = collect_packages(client, image_id)["python"]
+    problems = differences(_versions(found), manifest.drift.python_packages)
+    touched = {w.name for w in manifest.drift.wheels} | set(manifest.drift.removed)
+    for name, package in manifest.python_packages.items():
+        record = (found.get(name) or {}).get("record_sha256")
+        if name not in touched and name in found and record != package.record_sha256:
+            problems.append(f"{name}: its files changed although the drift does not name it")
+    if problems:
+        raise ReproMismatch(
+            f"the drift image {image_id[:19]} does not hold the container's Python set: "
+            + "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""),
+            details="\n".join(problems),
+            hint="the tag was not moved",
+        )
+
+
+def differences(actual: dict[str, str], expected: dict[str, str]) -> list[str]:
+    lines = [f"{n}: missing (container has {expected[n]})" for n in sorted(set(expected) - set(actual))]
+    lines += [f"{n}: {actual[n]} (container has {expected[n]})" for n in sorted(set(expected) & set(actual))
+              if actual[n] != expected[n]]
+    lines += [f"{n}: {actual[n]} not in the container" for n in sorted(set(actual) - set(expected))]
+    return lines
+
+
+def drift_events(
+    client: docker.DockerClient,
+    manifest: Manifest,
+    base_id: str,
+    *,
+    tag: str | None = None,
+    nocache: bool = False,
+    session: requests.Session | None = None,
+) -> Iterator[BuildEvent]:
+    """Build, seal, check and tag the drift image on ``base_id``; the last event carries a DriftResult."""
+    from envkit import sealcache
+    from envkit.build import BuildEvent
+    from envkit.seal import seal_image
+
+    drift = manifest.drift
+    assert drift is not None
+    target = drift_tag(manifest, tag)
+    if not drift.wheels and not drift.removed:
+        _tag(client, base_id, target)
+        result = DriftResult(base_id, target, base_id, 0, 0, [])
+        yield BuildEvent("done", "no Python drift", data={"result": result})
+        return
+    user = str((client.api.inspect_image(base_id).get("Config") or {}).get("User") or "")
+    dockerfile = render_drift_dockerfile(base_id, drift, user=user)
+    yield BuildEvent("phase", f"drift: downloading {len(drift.wheels)} locked wheel(s)")
+    wheels = download_wheels(drift.wheels, session or http_session())
+    tar = drift_context(dockerfile, wheels).to_tar(manifest.source_date_epoch)
+    yield BuildEvent("phase", f"drift: building on {base_id[7:19]} (no network)")
+    unsealed = ""
+    platform = str(manifest.spec.get("platform", "linux/amd64"))
+    for event in _stream(client, tar, nocache=nocache, platform=platform):
+        if event.kind == "done":
+            unsealed = event.data["image_id"]
+        else:
+            yield event
+    sealed = None if nocache else sealcache.lookup(client, unsealed)
+    if sealed is None:
+        yield BuildEvent("phase", "drift: sealing")
+        messages: list[str] = []
+        sealed = seal_image(client, unsealed, source_date_epoch=manifest.source_date_epoch, tag=None,
+                            progress=messages.append).image_id
+        for message in messages:
+            yield BuildEvent("log", message)
+        sealcache.remember(client, unsealed, sealed)
+    yield BuildEvent("phase", "drift: checking the Python set against the container's")
+    check_drift_image(client, manifest, sealed)
+    _tag(client, sealed, target)
+    layers = list((client.api.inspect_image(sealed).get("RootFS") or {}).get("Layers") or [])
+    result = DriftResult(sealed, target, unsealed, len(drift.wheels), len(drift.removed),
+                         layers[len(manifest.image.layers):])
+    yield BuildEvent("done", f"built {target}", data={"result": result})
+
+
+def _tag(client: docker.DockerClient, image_id: str, target: str) -> None:
+    repo, _, tag_part = target.rpartition(":")
+    client.api.tag(image_id, repo, tag_part, force=True)
