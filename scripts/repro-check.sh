@@ -21,7 +21,8 @@ all_images() {
 }
 
 # A --no-cache torch build leaves its builder stage and unsealed image behind (about 14 GB); the
-# check takes back what each build added, keeping only the sealed result.
+# check takes back what each build added, keeping only the sealed result. It removes every image
+# that appeared during a build, so run it on an engine nothing else is building on.
 drop_new() {
   local host="$1" before="$2" keep="$3"
   comm -13 <(echo "$before") <(all_images "$host") | grep -v -x "$keep" | while read -r id; do
