@@ -28,9 +28,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+import bench_build  # noqa: E402 (the sibling script: one way to time a command)
 
 REPO = Path(__file__).resolve().parent.parent
 SECOND = {
@@ -42,17 +43,11 @@ SECOND = {
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
-    start = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=REPO)
-    elapsed = time.monotonic() - start
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
-    return elapsed, proc
+    return bench_build.timed(cmd, env={**os.environ, **(env or {})}, cwd=REPO)
 
 
 def envkit(*args: str) -> list[str]:
-    return [sys.executable, "-m", "envkit", *args]
+    return bench_build.envkit(*args)
 
 
 def median_of(n: int, cmd: list[str]) -> tuple[float, list[float], subprocess.CompletedProcess]:

@@ -301,9 +301,28 @@ def _stream_build(
     network_mode: str | None = None,
     buildargs: dict[str, str] | None = None,
 ) -> Iterator[BuildEvent]:
-    """Run the classic build and yield events; the last one carries the image ID."""
+    """Run the classic build of ``plan`` and yield events; the last one carries the image ID."""
     context = make_context(plan)
-    fileobj = context.to_tar(plan.spec.source_date_epoch)
+    yield from stream_context_build(
+        client, context.to_tar(plan.spec.source_date_epoch), platform=plan.spec.platform, nocache=nocache,
+        network_mode=network_mode, buildargs=proxy_build_args() if buildargs is None else buildargs,
+    )
+
+
+def stream_context_build(
+    client: docker.DockerClient,
+    fileobj: bytes,
+    *,
+    platform: str,
+    nocache: bool,
+    network_mode: str | None = None,
+    buildargs: dict[str, str] | None = None,
+) -> Iterator[BuildEvent]:
+    """Build a context tar on the classic builder and yield events; the last carries the image ID.
+
+    Steps, logs and downloads become events; a failure is classified (hash mismatch, network,
+    engine refusal) and the build's containers are removed; Ctrl-C cancels the build.
+    """
     started_containers: list[str] = []
     log: deque[str] = deque(maxlen=LOG_TAIL)
     step_line = ""
@@ -319,9 +338,9 @@ def _stream_build(
         nocache=nocache,
         pull=False,
         decode=True,
-        buildargs=proxy_build_args() if buildargs is None else buildargs,
+        buildargs=buildargs or {},
         network_mode=network_mode,
-        platform=plan.spec.platform,
+        platform=platform,
     )
     try:
         for chunk in stream:
@@ -446,7 +465,7 @@ def build_image(
     final_id = unsealed.id
     if seal:
         t0 = time.monotonic()
-        final_id = yield from _seal(client, unsealed.id, plan.spec.source_date_epoch, nocache=nocache)
+        final_id = yield from seal_events(client, unsealed.id, plan.spec.source_date_epoch, nocache=nocache)
         durations["seal"] = time.monotonic() - t0
     image = client.images.get(final_id)
     repo, _, tag_part = target.rpartition(":")
@@ -478,7 +497,7 @@ def build_input_digest(client: docker.DockerClient, plan: BuildPlan, *, seal: bo
     return "inputs:sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def _seal(
+def seal_events(
     client: docker.DockerClient, unsealed_id: str, epoch: int, *, nocache: bool
 ) -> Iterator[BuildEvent]:
     """Seal the fresh build (untagged, so a failure leaves every tag where it was)."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -493,59 +492,6 @@ def drift_context(dockerfile: str, wheels: dict[str, bytes]) -> Any:
     return context
 
 
-def _stream(client: docker.DockerClient, tar: bytes, *, nocache: bool, platform: str) -> Iterator[BuildEvent]:
-    """The classic build with no network; yields step and log events, then ``done`` with the ID."""
-    from envkit.build import (
-        _ANSI_RE,
-        _BUILT_RE,
-        _RUNNING_RE,
-        _STEP_RE,
-        LOG_TAIL,
-        BuildEvent,
-        _classify_failure,
-        _remove_containers,
-    )
-    from envkit.errors import BuildFailed, EngineUnreachable
-
-    log: deque[str] = deque(maxlen=LOG_TAIL)
-    started: list[str] = []
-    step_line, image_id, pending = "", None, ""
-    try:
-        stream = client.api.build(fileobj=tar, custom_context=True, encoding=None, rm=True, forcerm=True,
-                                  nocache=nocache, pull=False, decode=True, network_mode="none",
-                                  platform=platform)
-        for chunk in stream:
-            if "error" in chunk:
-                raise _classify_failure(str(chunk["error"]), list(log), step_line)
-            text = chunk.get("stream")
-            if not isinstance(text, str):
-                continue
-            pending += _ANSI_RE.sub("", text).replace("\r", "\n")
-            *lines, pending = pending.split("\n")
-            for line in filter(str.strip, lines):
-                log.append(line)
-                if step := _STEP_RE.match(line):
-                    step_line = line
-                    yield BuildEvent("step", step.group(3), int(step.group(1)), int(step.group(2)))
-                elif running := _RUNNING_RE.match(line):
-                    started.append(running.group(1))
-                elif built := _BUILT_RE.match(line):
-                    image_id = built.group(1)
-                else:
-                    yield BuildEvent("log", line.rstrip())
-    except (requests.exceptions.ConnectionError, docker.errors.APIError) as exc:
-        _remove_containers(client, started)
-        if isinstance(exc, docker.errors.APIError):
-            raise BuildFailed(f"the engine refused the drift build: {exc.explanation or exc}") from exc
-        raise EngineUnreachable(f"lost the Docker engine during the drift build: {exc}") from exc
-    except BaseException:
-        _remove_containers(client, started)
-        raise
-    if image_id is None:
-        raise BuildFailed("the drift build finished without reporting an image", details="\n".join(log))
-    yield BuildEvent("done", "built", data={"image_id": client.images.get(image_id).id})
-
-
 def check_drift_image(client: docker.DockerClient, manifest: Manifest, image_id: str) -> None:
     """The new image holds the base's layers and exactly the container's Python set (exit 9 if not)."""
     from envkit.snapshot import collect_packages
@@ -588,9 +534,7 @@ def drift_events(
     session: requests.Session | None = None,
 ) -> Iterator[BuildEvent]:
     """Build, seal, check and tag the drift image on ``base_id``; the last event carries a DriftResult."""
-    from envkit import sealcache
-    from envkit.build import BuildEvent
-    from envkit.seal import seal_image
+    from envkit.build import BuildEvent, seal_events, stream_context_build
 
     drift = manifest.drift
     assert drift is not None
@@ -608,20 +552,13 @@ def drift_events(
     yield BuildEvent("phase", f"drift: building on {base_id[7:19]} (no network)")
     unsealed = ""
     platform = str(manifest.spec.get("platform", "linux/amd64"))
-    for event in _stream(client, tar, nocache=nocache, platform=platform):
+    # No network at all: the wheels are in the context, and nothing else is fetched.
+    for event in stream_context_build(client, tar, platform=platform, nocache=nocache, network_mode="none"):
         if event.kind == "done":
-            unsealed = event.data["image_id"]
+            unsealed = client.images.get(event.data["image_id"]).id
         else:
             yield event
-    sealed = None if nocache else sealcache.lookup(client, unsealed)
-    if sealed is None:
-        yield BuildEvent("phase", "drift: sealing")
-        messages: list[str] = []
-        sealed = seal_image(client, unsealed, source_date_epoch=manifest.source_date_epoch, tag=None,
-                            progress=messages.append).image_id
-        for message in messages:
-            yield BuildEvent("log", message)
-        sealcache.remember(client, unsealed, sealed)
+    sealed = yield from seal_events(client, unsealed, manifest.source_date_epoch, nocache=nocache)
     yield BuildEvent("phase", "drift: checking the Python set against the container's")
     check_drift_image(client, manifest, sealed)
     _tag(client, sealed, target)
