@@ -145,12 +145,12 @@ class SecondEngine:
 SECOND_SOCK = "/run/envkit-docker2.sock"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def second_engine() -> Iterator[SecondEngine]:
     """A second dockerd with its own data-root and bridge: it stands in for another machine.
 
-    Started by scripts/engine.sh (stopped again at the end if this fixture started it); whatever
-    the tests leave on it is removed.
+    Started by scripts/engine.sh (stopped again after the module if this fixture started it);
+    whatever the module's tests leave on it is removed then, so its 20 GB do not outlive them.
     """
     from envkit.engine import get_client
 
