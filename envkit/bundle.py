@@ -210,6 +210,11 @@ def make_bundle(
     manifest = read_manifest(manifest_path)
     if not manifest.lock:
         raise UsageError(f"{manifest_path} carries no lock: only locked images can be bundled")
+    if manifest.drift is not None:
+        raise UsageError(
+            f"{manifest_path} records a container's drift, which a bundle does not carry yet",
+            hint="bundle the manifest of the container's image (envkit snapshot IMAGE) instead",
+        )
     output = Path(output).absolute()
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".envkit-bundle-", dir=output.parent) as tmp:
