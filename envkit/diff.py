@@ -264,10 +264,29 @@ def _normalize_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def inspect_or_usage(client: docker.DockerClient, ref: str) -> dict[str, Any]:
+    """Inspect an image by ID or tag, or by catalog name (``pytorch-cuda:2.8`` is the image tagged
+    ``envkit/pytorch-cuda:2.8``); a missing one is a usage error naming it (exit 2)."""
     try:
         return client.api.inspect_image(ref)
     except docker.errors.ImageNotFound as exc:
+        tagged = _catalog_tag(ref)
+        if tagged is not None:
+            try:
+                return client.api.inspect_image(tagged)
+            except docker.errors.ImageNotFound:
+                raise UsageError(f"image {ref} ({tagged}) not found",
+                                 hint=f"build it first: envkit build {ref}") from exc
         raise UsageError(f"image {ref} not found", hint="list images with `docker images`") from exc
+
+
+def _catalog_tag(ref: str) -> str | None:
+    from envkit.catalog import image_ref_for
+
+    try:
+        tagged = image_ref_for(ref)
+    except UsageError:
+        return None
+    return tagged if tagged != ref else None
 
 
 def collect_image(client: docker.DockerClient, ref: str, *, attrs: dict[str, Any] | None = None) -> ImageView:

@@ -17,6 +17,7 @@ from envkit.diff import (
     apt_packages_from,
     compare_views,
     diff_images,
+    inspect_or_usage,
     load_manifest,
     merge_captured,
     python_packages_from,
@@ -196,6 +197,22 @@ def test_missing_image_is_a_usage_error_naming_it() -> None:
     with pytest.raises(UsageError, match="nosuch:1") as info:
         diff_images(_NoImages(), "nosuch:1", "other:2")
     assert info.value.exit_code == 2
+
+
+class _OnlyTagged:
+    class api:  # noqa: N801 - mimics docker.DockerClient.api
+        @staticmethod
+        def inspect_image(ref: str) -> dict:
+            if ref == "envkit/pytorch-cuda:2.8":
+                return {"Id": "sha256:" + "8" * 64}
+            raise docker.errors.ImageNotFound(f"No such image: {ref}")
+
+
+def test_a_catalog_name_means_its_image_tag() -> None:
+    assert inspect_or_usage(_OnlyTagged(), "pytorch-cuda:2.8")["Id"] == "sha256:" + "8" * 64
+    with pytest.raises(UsageError, match=r"pytorch-cuda:2.7 \(envkit/pytorch-cuda:2.7\) not found") as info:
+        inspect_or_usage(_OnlyTagged(), "pytorch-cuda:2.7")
+    assert "envkit build pytorch-cuda:2.7" in (info.value.hint or "")
 
 
 def test_missing_manifest_file_is_a_usage_error(tmp_path: Path) -> None:
