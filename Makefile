@@ -13,7 +13,7 @@ setup: venv engine
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install --quiet uv
 	$(PYTHON) -m uv venv --seed --quiet --allow-existing $(VENV) --python $(PYTHON)
-	$(PYTHON) -m uv pip install --quiet --python $(PY) -e '.[test]'
+	$(PYTHON) -m uv pip install --quiet --compile-bytecode --python $(PY) -e '.[test]'
 	$(PY) -m pip install --quiet 'torch==2.13.0'
 	touch $@
 

@@ -43,7 +43,9 @@ SECOND = {
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
-    return bench_build.timed(cmd, env={**os.environ, **(env or {})}, cwd=REPO)
+    # Commands run as a user's would: Python may cache bytecode (an installed envkit has it).
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return bench_build.timed(cmd, env={**base, **(env or {})}, cwd=REPO)
 
 
 def envkit(*args: str) -> list[str]:
