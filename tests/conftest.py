@@ -126,7 +126,10 @@ def torch_image(docker_client) -> Iterator[BuiltImage]:  # type: ignore[no-untyp
     else:
         bundle, marker = _make_marker_bundle(workdir)
     tag = f"envkit-test/pytorch-cuda:2.8-{uuid.uuid4().hex[:8]}"
-    result = run_envkit("build", TEST_IMAGE, "--tag", tag, "--ca-bundle", str(bundle), "--json")
+    # A real build every session: without --no-cache an earlier session's identical inputs would
+    # be reused from envkit's record instead of built. Developers keeping the cache skip that.
+    fresh = [] if os.environ.get("ENVKIT_TEST_KEEP_CACHE") == "1" else ["--no-cache"]
+    result = run_envkit("build", TEST_IMAGE, "--tag", tag, "--ca-bundle", str(bundle), "--json", *fresh)
     if result.returncode != 0:
         pytest.fail(f"building {TEST_IMAGE} failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
     data = json.loads(result.stdout)
