@@ -137,6 +137,10 @@ def torch_image(docker_client) -> Iterator[BuiltImage]:  # type: ignore[no-untyp
         tag=tag, image_id=data["image_id"], build_json=data, marker_cert=marker, ca_bundle=bundle
     )
     remove_new_images(docker_client, before)
+    try:  # the image may have been there before (same ID); the test's tag still goes
+        docker_client.api.remove_image(tag, noprune=True)
+    except Exception:  # noqa: BLE001 - already gone with the image
+        pass
 
 
 @dataclass(frozen=True)
