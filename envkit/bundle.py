@@ -262,7 +262,9 @@ class OpenBundle:
 def is_bundle(path: Path) -> bool:
     try:
         with tarfile.open(path, "r:") as tar:
-            return tar.next() is not None and INDEX_NAME in tar.getnames()[:2]
+            # The writer puts the index first: no need to walk every header of a 4 GB file.
+            first, second = tar.next(), tar.next()
+            return INDEX_NAME in {m.name for m in (first, second) if m is not None}
     except (tarfile.TarError, OSError):
         return False
 
