@@ -47,8 +47,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
 
-    from envkit.build import ensure_requirements, plan_build
-    from envkit.engine import get_client
+    from envkit.engine.client import get_client
+    from envkit.image.build import ensure_requirements, plan_build
 
     plan = ensure_requirements(plan_build(args.image, with_requirements=False))
     assert plan.requirements is not None

@@ -1,5 +1,5 @@
 import sys
 
-from envkit.cli import main
+from envkit.cli.app import main
 
 sys.exit(main())

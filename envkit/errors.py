@@ -1,6 +1,6 @@
 """One root exception for everything envkit refuses or fails at.
 
-Each subclass carries the process exit code that ``envkit.cli.main`` maps it to.
+Each subclass carries the process exit code that ``envkit.cli.app.main`` maps it to.
 Core modules raise these; only the CLI turns them into exit codes and messages.
 """
 

@@ -31,4 +31,9 @@ def images_dir() -> Path:
 
 
 def probe_dir() -> Path:
-    return PACKAGE_DIR / "probe"
+    return PACKAGE_DIR / "incontainer" / "probe"
+
+
+def incontainer_dir() -> Path:
+    """Scripts that run inside a container (not the probe): the drift installer."""
+    return PACKAGE_DIR / "incontainer"

@@ -76,7 +76,7 @@ def remove_new_images(client, before: set[str], keep: tuple[str, ...] = ()) -> N
 
 @pytest.fixture(scope="session")
 def docker_client():  # type: ignore[no-untyped-def]
-    from envkit.engine import get_client
+    from envkit.engine.client import get_client
     from envkit.errors import EngineUnreachable
 
     try:
@@ -159,7 +159,7 @@ def second_engine() -> Iterator[SecondEngine]:
     Started by scripts/engine.sh (stopped again after the module if this fixture started it);
     whatever the module's tests leave on it is removed then, so its 20 GB do not outlive them.
     """
-    from envkit.engine import get_client
+    from envkit.engine.client import get_client
 
     env = {
         "ENVKIT_DOCKER_SOCK": SECOND_SOCK,

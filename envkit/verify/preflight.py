@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from envkit.errors import EngineUnreachable
-from envkit.probe import archs
+from envkit.incontainer.probe import archs
 from envkit.verify.report import Check
 
 NVIDIA_TOOLKIT_FIX = (

@@ -21,9 +21,10 @@ from rich.table import Table
 from rich.text import Text
 
 from envkit import __version__
+from envkit.resources import PACKAGE_DIR
 
 SCHEMA_VERSION = 1
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "data" / "reference"
+REFERENCE_DIR = PACKAGE_DIR / "data" / "reference"
 
 CheckStatus = Literal["PASS", "WARN", "FAIL", "SKIP"]
 

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from envkit.errors import EngineUnreachable, EnvkitError, GpuHostNotReady, UsageError, VerificationFailed
-from envkit.probe import EVENT_PREFIX, PROBE_DIR, SCRIPT_FILES, archs
+from envkit.incontainer.probe import EVENT_PREFIX, PROBE_DIR, SCRIPT_FILES, archs
 from envkit.verify import preflight as pf
 from envkit.verify.report import (
     BenchResult,
@@ -344,7 +344,7 @@ def requirements_from_labels(labels: dict[str, str] | None) -> pf.ImageRequireme
 def resolve_image_ref(name: str) -> str:
     """A catalog name (``pytorch-cuda:2.8``) becomes its Docker tag; anything else is used as given."""
     try:
-        from envkit.catalog import image_ref_for  # noqa: PLC0415 - the catalog is optional here
+        from envkit.spec.catalog import image_ref_for  # noqa: PLC0415 - the catalog is optional here
     except ImportError:
         return name
     try:
@@ -355,7 +355,7 @@ def resolve_image_ref(name: str) -> str:
 
 def default_client() -> Any:
     try:
-        from envkit.engine import get_client  # noqa: PLC0415
+        from envkit.engine.client import get_client  # noqa: PLC0415
     except ImportError:
         import docker  # noqa: PLC0415
 

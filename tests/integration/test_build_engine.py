@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from envkit.base import BasePlan, bootstrap_rootfs
-from envkit.spec import Bootstrap
+from envkit.image.base import BasePlan, bootstrap_rootfs
+from envkit.spec.model import Bootstrap
 from tests.conftest import REPO, BuiltImage, run_envkit
 
 PROBE = (

@@ -42,7 +42,7 @@ def test_offline_restore_on_a_second_engine_gives_the_identical_image(
 
 
 def test_not_a_bundle_exits_2_and_a_damaged_one_exits_5(tmp_path: Path) -> None:
-    from envkit.bundle import BundleIndex, write_bundle
+    from envkit.record.bundle import BundleIndex, write_bundle
 
     fake = tmp_path / "zeros.bundle"
     fake.write_bytes(b"\0" * 4096)

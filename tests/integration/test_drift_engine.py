@@ -18,8 +18,8 @@ from typing import Any
 
 import docker.errors
 
-from envkit.drift import PYPI_SIMPLE, SIMPLE_JSON, http_session
-from envkit.snapshot import content_digest
+from envkit.record.drift import PYPI_SIMPLE, SIMPLE_JSON, http_session
+from envkit.record.snapshot import content_digest
 from tests.conftest import BuiltImage, image_ids, run_envkit
 
 PIP_WHEEL_VERSION = "26.3"

@@ -144,7 +144,7 @@ def images(client: docker.DockerClient) -> Iterator[Images]:
 
 
 def _seal(client, ref: str, tmp_path: Path, **kwargs):
-    from envkit.seal import seal_image
+    from envkit.image.seal import seal_image
 
     result = seal_image(client, ref, tmp_dir=tmp_path, **kwargs)
     assert os.listdir(tmp_path) == []  # temporary files gone
@@ -175,7 +175,7 @@ def test_two_nocache_builds_seal_to_the_same_image_id(client, images: Images, tm
 
 
 def test_interrupt_while_sealing_keeps_the_old_tag(client, images: Images, tmp_path: Path) -> None:
-    from envkit.seal import seal_image
+    from envkit.image.seal import seal_image
 
     original = images.build("interrupt", build_time=EPOCH + 5)
     ref = images.tags[-1]
@@ -194,7 +194,7 @@ def test_interrupt_while_sealing_keeps_the_old_tag(client, images: Images, tmp_p
 def test_disk_full_while_sealing_is_clear_and_keeps_the_tag(
     client, images: Images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import envkit.seal as seal
+    import envkit.image.seal as seal
 
     original = images.build("enospc", build_time=EPOCH + 5)
     ref = images.tags[-1]
@@ -216,8 +216,8 @@ def test_disk_full_while_sealing_is_clear_and_keeps_the_tag(
 
 
 def test_diff_names_the_differences_and_exits_9(client, images: Images) -> None:
-    from envkit.diff import diff_images
-    from envkit.repro_cli import diff_cmd
+    from envkit.cli.repro import diff_cmd
+    from envkit.record.diff import diff_images
 
     images.build("old", build_time=EPOCH + 5, torch="2.7.1")
     images.build("new", build_time=EPOCH + 5, torch="2.8.0", extra=b"changed")
@@ -250,7 +250,7 @@ def test_diff_names_the_differences_and_exits_9(client, images: Images) -> None:
 
 @pytest.mark.parametrize("fmt", ["docker-archive", "oci"])
 def test_export_import_round_trip_keeps_the_id(client, images: Images, tmp_path: Path, fmt: str) -> None:
-    from envkit.archive import export_image, import_image
+    from envkit.image.archive import export_image, import_image
 
     images.build("export", build_time=EPOCH + 5)
     ref = images.tags[-1]
@@ -275,7 +275,7 @@ def _rebuilt_twin(client: docker.DockerClient, ref: str) -> str:
     What two builds give when the build itself made the layers deterministic: the classic builder
     still stamps its own time, container and parent image into the config.
     """
-    from envkit.seal import archive_stream, engine_chains, load_archive
+    from envkit.image.seal import archive_stream, engine_chains, load_archive
 
     with tarfile.open(fileobj=io.BytesIO(b"".join(client.api.get_image(ref)))) as tf:
         manifest = json.loads(tf.extractfile("manifest.json").read())[0]

@@ -7,7 +7,7 @@ import time
 import uuid
 from pathlib import Path
 
-from envkit.snapshot import SCHEMA_VERSION, content_digest
+from envkit.record.snapshot import SCHEMA_VERSION, content_digest
 from tests.conftest import BuiltImage, run_envkit
 
 

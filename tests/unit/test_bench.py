@@ -9,8 +9,8 @@ from contextlib import redirect_stdout
 import pytest
 import torch
 
-from envkit import probe as probe_pkg
-from envkit.probe import bench, models
+from envkit.incontainer import probe as probe_pkg
+from envkit.incontainer.probe import bench, models
 from envkit.verify.report import BenchResult
 
 # REFERENCE.md section 5: ResNet50 at 224 is 8.2 GFLOP forward, about 24.5 GFLOP per training

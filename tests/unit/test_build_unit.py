@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from envkit import build as build_mod
-from envkit.aptlock import parse_dry_run
 from envkit.atomic import write_text
-from envkit.context import BuildContext, detect_ca_bundle, proxy_build_args
 from envkit.errors import BuildFailed, IntegrityError, Interrupted, NetworkError, UsageError
+from envkit.image import build as build_mod
+from envkit.image.context import BuildContext, detect_ca_bundle, proxy_build_args
+from envkit.lock.apt import parse_dry_run
 
 
 def test_context_tar_is_deterministic_and_sorted() -> None:

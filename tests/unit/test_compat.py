@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from envkit import compat
+from envkit.cli.matrix import matrix
 from envkit.errors import CompatError
-from envkit.matrix_cli import matrix
+from envkit.spec import compat
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "envkit" / "data" / "compat"

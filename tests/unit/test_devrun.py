@@ -13,7 +13,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from envkit import devrun
+from envkit.dev import run as devrun
 from envkit.errors import GpuHostNotReady, UsageError
 
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHc6m1yLk3JH2o0Xb9m7Q8kq1c2v3b4n5m6a7s8d9f0g user@laptop\n"
@@ -359,10 +359,10 @@ def test_a_forged_state_label_cannot_remove_other_directories(tmp_path: Path) ->
 
 
 def test_run_command_refuses_bad_input_with_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from envkit import cli
+    from envkit.cli import app as cli_module
 
-    monkeypatch.setattr("envkit.engine.get_client", lambda *a, **k: FakeClient())
-    assert cli.main(["run", "envkit-test/x:1", "--ssh"]) == 2
-    assert cli.main(["run", "envkit-test/x:1", "--jupyter", "--bind", "not-an-ip"]) == 2
-    assert cli.main(["run", "envkit-test/x:1", "-e", "ENVKIT_SERVICES=ssh", "--", "true"]) == 2
-    assert cli.main(["stop"]) == 2
+    monkeypatch.setattr("envkit.engine.client.get_client", lambda *a, **k: FakeClient())
+    assert cli_module.main(["run", "envkit-test/x:1", "--ssh"]) == 2
+    assert cli_module.main(["run", "envkit-test/x:1", "--jupyter", "--bind", "not-an-ip"]) == 2
+    assert cli_module.main(["run", "envkit-test/x:1", "-e", "ENVKIT_SERVICES=ssh", "--", "true"]) == 2
+    assert cli_module.main(["stop"]) == 2

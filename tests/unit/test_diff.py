@@ -11,7 +11,8 @@ import docker.errors
 import pytest
 from rich.console import Console
 
-from envkit.diff import (
+from envkit.errors import UsageError
+from envkit.record.diff import (
     ImageView,
     LayerView,
     apt_packages_from,
@@ -24,7 +25,6 @@ from envkit.diff import (
     render,
     scan_layer,
 )
-from envkit.errors import UsageError
 
 DPKG_STATUS = b"""Package: libc6
 Status: install ok installed

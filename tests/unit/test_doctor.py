@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from envkit import compat
-from envkit.doctor import (
+from envkit.spec import compat
+from envkit.verify.doctor import (
     NVIDIA_SMI_QUERY,
     HostInfo,
     arch_support,
@@ -202,7 +202,7 @@ def test_nvml_is_tried_before_nvidia_smi():
 
 
 def test_catalog_images_resolve_when_the_catalog_is_there():
-    from envkit.doctor import catalog_images
+    from envkit.verify.doctor import catalog_images
 
     images = dict(catalog_images())
     assert images, "the catalog has images"

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from envkit import drift as drift_mod
-from envkit.cli import main
-from envkit.drift import (
+from envkit.cli.app import main
+from envkit.errors import IntegrityError, UsageError
+from envkit.record import drift as drift_mod
+from envkit.record.drift import (
     REMOVE_SCRIPT,
     DiffCounts,
     Drift,
@@ -32,11 +33,11 @@ from envkit.drift import (
     image_tags,
     render_drift_dockerfile,
 )
-from envkit.errors import IntegrityError, UsageError
-from envkit.snapshot import SCHEMA_VERSION, content_digest, read_manifest, write_manifest
+from envkit.record.snapshot import SCHEMA_VERSION, content_digest, read_manifest, write_manifest
+from envkit.resources import incontainer_dir
 from tests.unit.test_snapshot import _manifest
 
-INSTALLER = Path(drift_mod.__file__).with_name("wheelinstall.py")
+INSTALLER = incontainer_dir() / "wheelinstall.py"
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 TAGS = image_tags("3.11", (2, 36), "x86_64")
 

@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from envkit import lock as locks
 from envkit.errors import IntegrityError, NetworkError, UsageError
+from envkit.lock import python as locks
 
 HASHED_TEXT = """\
 idna==3.10 \\

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from envkit.bundle import (
+from envkit.errors import IntegrityError, UsageError
+from envkit.record.bundle import (
     INDEX_NAME,
     MANIFEST_NAME,
     BundleIndex,
@@ -23,8 +24,7 @@ from envkit.bundle import (
     wheel_platforms,
     write_bundle,
 )
-from envkit.errors import IntegrityError, UsageError
-from envkit.offline import DirStore, PackageServer, TarStore, mirror_key
+from envkit.record.offline import DirStore, PackageServer, TarStore, mirror_key
 
 
 def _get(url: str, proxy: str | None = None) -> tuple[int, bytes]:

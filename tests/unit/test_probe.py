@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from envkit.probe import PROBE_DIR, SCRIPT_FILES, archs, probe
+from envkit.incontainer.probe import PROBE_DIR, SCRIPT_FILES, archs, probe
 from envkit.verify.report import ProbeResult
 
 # torch 2.6's cu124 wheels and torch 2.8's cu128 wheels, as torch.cuda.get_arch_list() reports them.

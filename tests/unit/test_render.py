@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from envkit.build import plan_build
-from envkit.render import labels_for
+from envkit.image.build import plan_build
+from envkit.image.render import labels_for
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 NO_CA: dict[str, str] = {}
@@ -68,7 +68,7 @@ def test_labels_carry_spec_digest_and_resolved_versions() -> None:
 
 
 def test_render_cli_works_without_an_engine(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from envkit.cli import main
+    from envkit.cli.app import main
 
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     assert main(["render", "pytorch-cuda:2.8"]) == 0

@@ -13,10 +13,10 @@ from cyclonedx.validation.json import JsonStrictValidator
 from spdx_tools.spdx.parser.json.json_parser import parse_from_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
-from envkit import sbom
+from envkit.cli.sbom import FORMATS
 from envkit.errors import IntegrityError
-from envkit.sbom_cli import FORMATS
-from envkit.snapshot import (
+from envkit.record import sbom
+from envkit.record.snapshot import (
     SCHEMA_VERSION,
     ImageRecord,
     Manifest,
@@ -237,7 +237,7 @@ def test_documents_that_fail_validation_are_internal_errors(monkeypatch: pytest.
 
 
 def test_cli_writes_a_manifest_sbom_to_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from envkit.cli import main
+    from envkit.cli.app import main
 
     manifest_path = tmp_path / "m.json"
     write_manifest(manifest_path, _manifest())
@@ -252,7 +252,7 @@ def test_cli_writes_a_manifest_sbom_to_a_file(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_cli_prints_only_the_document_without_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from envkit.cli import main
+    from envkit.cli.app import main
 
     manifest_path = tmp_path / "m.json"
     write_manifest(manifest_path, _manifest())
@@ -262,7 +262,7 @@ def test_cli_prints_only_the_document_without_output(tmp_path: Path, capsys: pyt
 
 
 def test_cli_refuses_an_unknown_format_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from envkit.cli import main
+    from envkit.cli.app import main
 
     manifest_path = tmp_path / "m.json"
     write_manifest(manifest_path, _manifest())
@@ -272,7 +272,7 @@ def test_cli_refuses_an_unknown_format_with_exit_2(tmp_path: Path, capsys: pytes
 
 
 def test_cli_refuses_an_edited_manifest_with_exit_5(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from envkit.cli import main
+    from envkit.cli.app import main
 
     manifest_path = tmp_path / "m.json"
     write_manifest(manifest_path, _manifest())
@@ -289,9 +289,9 @@ def _no_such_image(ref: str) -> dict:
 
 def test_cli_names_a_missing_image_with_exit_2(monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    from envkit.cli import main
+    from envkit.cli.app import main
 
-    monkeypatch.setattr("envkit.engine.get_client", lambda *a, **k: SimpleNamespace(api=SimpleNamespace(inspect_image=_no_such_image)))
+    monkeypatch.setattr("envkit.engine.client.get_client", lambda *a, **k: SimpleNamespace(api=SimpleNamespace(inspect_image=_no_such_image)))
     assert main(["sbom", "envkit-test/absent:nothing", "--format", "cyclonedx"]) == 2
     out, err = _output(capsys)
     assert "image envkit-test/absent:nothing not found" in err
@@ -301,7 +301,7 @@ def test_cli_names_a_missing_image_with_exit_2(monkeypatch: pytest.MonkeyPatch,
 def test_cli_reports_an_invalid_document_as_an_internal_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from envkit.cli import main
+    from envkit.cli.app import main
 
     manifest_path = tmp_path / "m.json"
     write_manifest(manifest_path, _manifest())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from envkit.errors import IntegrityError, UsageError
-from envkit.snapshot import (
+from envkit.record.snapshot import (
     SCHEMA_VERSION,
     ImageRecord,
     Manifest,

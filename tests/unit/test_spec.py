@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from envkit.errors import SpecError
-from envkit.spec import load_spec, parse_spec
+from envkit.spec.model import load_spec, parse_spec
 
 GOOD = {
     "name": "pytorch-cuda",

@@ -13,12 +13,12 @@ import requests.exceptions
 import torch
 from click.testing import CliRunner
 
+from envkit.cli.verify import parse_gpus, parse_workloads
+from envkit.cli.verify import verify as verify_command
 from envkit.errors import GpuHostNotReady, UsageError, VerificationFailed
-from envkit.probe import EVENT_PREFIX, SCRIPT_FILES
+from envkit.incontainer.probe import EVENT_PREFIX, SCRIPT_FILES
 from envkit.verify import preflight as pf
 from envkit.verify import runner
-from envkit.verify.cli import parse_gpus, parse_workloads
-from envkit.verify.cli import verify as verify_command
 from envkit.verify.report import VerifyReport, render
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "gpu"
@@ -520,7 +520,7 @@ def test_cli_writes_the_report_then_fails(monkeypatch: pytest.MonkeyPatch, tmp_p
         seen.append(options)
         return failing
 
-    monkeypatch.setattr("envkit.verify.cli.run_verify", fake_verify)
+    monkeypatch.setattr("envkit.cli.verify.run_verify", fake_verify)
     target = tmp_path / "r.json"
     result = CliRunner().invoke(
         verify_command,

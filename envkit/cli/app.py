@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from envkit import __version__, console
+from envkit import __version__
+from envkit.cli import console
 from envkit.errors import EnvkitError, Interrupted, UsageError
 
 
@@ -31,8 +32,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def list_cmd(as_json: bool) -> None:
     """Show the catalog: name:tag, torch, CUDA, cuDNN, Python, variant."""
-    from envkit.build import resolve_spec
-    from envkit.catalog import list_catalog_paths, load
+    from envkit.image.build import resolve_spec
+    from envkit.spec.catalog import list_catalog_paths, load
 
     rows = []
     for ref_name, _ in list_catalog_paths():
@@ -76,7 +77,7 @@ def list_cmd(as_json: bool) -> None:
 def render(name: str, output: Path | None, ca_bundle: str | None) -> None:
     """Print the Dockerfile for NAME (catalog name:tag or spec file). Needs no engine."""
     from envkit.atomic import write_text
-    from envkit.build import render_only
+    from envkit.image.build import render_only
 
     text = render_only(name, ca_bundle=ca_bundle)
     if output:
@@ -93,8 +94,8 @@ def render(name: str, output: Path | None, ca_bundle: str | None) -> None:
 @click.option("--force", is_flag=True, help="Bootstrap again even if the image exists.")
 def base(name: str, mirror: str | None, source_date_epoch: int, force: bool) -> None:
     """Bootstrap a minimal Debian base with mmdebstrap and load it as a local image."""
-    from envkit.base import ensure_base, parse_base_name
-    from envkit.engine import get_client
+    from envkit.engine.client import get_client
+    from envkit.image.base import ensure_base, parse_base_name
 
     plan = parse_base_name(name, mirror=mirror, source_date_epoch=source_date_epoch)
     client = get_client()
@@ -118,8 +119,8 @@ def build(
     name: str, tag: str | None, no_cache: bool, ca_bundle: str | None, no_seal: bool, as_json: bool
 ) -> None:
     """Render and build NAME on the Docker engine."""
-    from envkit.build import build_image, ensure_requirements, plan_build
-    from envkit.engine import get_client
+    from envkit.engine.client import get_client
+    from envkit.image.build import build_image, ensure_requirements, plan_build
 
     if tag is not None:
         _check_tag(tag)
@@ -153,7 +154,7 @@ def build(
 def lock(names: tuple[str, ...], all_images: bool, check: bool) -> None:
     """Resolve and write images/<name>/<tag>.lock (wheels with hashes, base, apt versions)."""
     from envkit.errors import ReproMismatch
-    from envkit.locking import check_locks, make_lock
+    from envkit.image.locking import check_locks, make_lock
 
     if check:
         statuses = check_locks(list(names) or None)
@@ -169,8 +170,8 @@ def lock(names: tuple[str, ...], all_images: bool, check: bool) -> None:
         return
     if not names and not all_images:
         raise UsageError("name an image to lock, or pass --all")
-    from envkit.catalog import list_catalog_paths
-    from envkit.engine import get_client
+    from envkit.engine.client import get_client
+    from envkit.spec.catalog import list_catalog_paths
 
     targets = list(names) or [ref for ref, _ in list_catalog_paths()]
     client = get_client()
@@ -195,22 +196,22 @@ def snapshot(
     target: str | None, output: Path, with_host: bool, verify_report: Path | None, container: str | None
 ) -> None:
     """Write a manifest of everything that defines NAME or IMAGE (or a running container)."""
-    from envkit.engine import engine_version, get_client
-    from envkit.snapshot import snapshot as take
-    from envkit.snapshot import write_manifest
+    from envkit.engine.client import engine_version, get_client
+    from envkit.record.snapshot import snapshot as take
+    from envkit.record.snapshot import write_manifest
 
     if (target is None) == (container is None):
         raise UsageError("give NAME|IMAGE or --container ID (one of them, not both)")
     client = get_client()
     host = None
     if with_host:
-        from envkit.doctor import read_host
+        from envkit.verify.doctor import read_host
 
         host = {"engine": engine_version(client), **read_host().to_json()}
     report = json.loads(verify_report.read_text()) if verify_report else None
     if container is not None:
-        from envkit.drift import snapshot_container
-        from envkit.drift_cli import show_snapshot
+        from envkit.cli.drift import show_snapshot
+        from envkit.record.drift import snapshot_container
 
         manifest = snapshot_container(client, container, host=host, verify_report=report)
         show_snapshot(manifest)
@@ -239,10 +240,10 @@ def restore(
     as_json: bool,
 ) -> None:
     """Rebuild the image a manifest describes and prove it is the same image (exit 9 if not)."""
-    from envkit.bundle import is_bundle, open_bundle, restore_offline_events
-    from envkit.engine import get_client
+    from envkit.engine.client import get_client
     from envkit.errors import ReproMismatch
-    from envkit.snapshot import parse_manifest, read_manifest, restore_events
+    from envkit.record.bundle import is_bundle, open_bundle, restore_offline_events
+    from envkit.record.snapshot import parse_manifest, read_manifest, restore_events
 
     if not manifest_path.is_file():
         raise UsageError(f"{manifest_path}: no such manifest or bundle")
@@ -275,7 +276,7 @@ def restore(
                 progress.update(event.kind, event.message, event.step, event.total)
     assert result is not None
     if manifest.drift is not None:
-        from envkit.drift_cli import finish_restore
+        from envkit.cli.drift import finish_restore
 
         finish_restore(client, manifest, result, tag=drift_tag, nocache=no_cache, as_json=as_json)
         return
@@ -287,9 +288,9 @@ def restore(
         how = " (offline, from the bundle alone)" if offline else ""
         console.success(f"identical: {result.tag} is {result.image_id}, the manifest's image{how}")
         return
-    from envkit.diff import diff_images
-    from envkit.diff import render as render_diff
-    from envkit.snapshot import diff_view
+    from envkit.record.diff import diff_images
+    from envkit.record.diff import render as render_diff
+    from envkit.record.snapshot import diff_view
 
     console.warning(f"restored {result.image_id[:19]}, not the manifest's {manifest.image.id[:19]}: "
                     "reading the image to explain the difference (a few minutes for a large one)")
@@ -299,7 +300,7 @@ def restore(
 
 
 def _check_tag(tag: str) -> None:
-    from envkit.spec import IMAGE_TAG_RE
+    from envkit.spec.model import IMAGE_TAG_RE
 
     repo, sep, tag_part = tag.rpartition(":")
     if not sep or not repo or not IMAGE_TAG_RE.match(tag_part) or any(c.isupper() for c in repo):
@@ -308,7 +309,7 @@ def _check_tag(tag: str) -> None:
 
 def _register_optional() -> None:
     """Commands that live in their own modules."""
-    from envkit.command_registry import register
+    from envkit.cli.registry import register
 
     register(cli)
 

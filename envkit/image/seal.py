@@ -49,7 +49,7 @@ import docker.errors
 import requests.exceptions
 from docker.utils import parse_repository_tag
 
-from envkit.dockerarchive import rfc3339
+from envkit.engine.dockerarchive import rfc3339
 from envkit.errors import EnvkitError, IntegrityError, Interrupted, UsageError
 
 SOURCE_DATE_EPOCH_LABEL = "io.envkit.source-date-epoch"

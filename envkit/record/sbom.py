@@ -52,9 +52,10 @@ from spdx_tools.spdx.parser.error import SPDXParsingError
 from spdx_tools.spdx.parser.jsonlikedict.json_like_dict_parser import JsonLikeDictParser
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
-from envkit import __version__, compat
+from envkit import __version__
 from envkit.errors import EnvkitError, IntegrityError
-from envkit.snapshot import Manifest, PythonPackage, content_digest
+from envkit.record.snapshot import Manifest, PythonPackage, content_digest
+from envkit.spec import compat
 
 PYPI_INDEX = "https://pypi.org/simple"
 DEBIAN_RELEASES = {"buster": "10", "bullseye": "11", "bookworm": "12", "trixie": "13", "forky": "14"}

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import docker
 
-from envkit import lock as locks
-from envkit.aptlock import resolve_apt
-from envkit.base import ensure_base
-from envkit.build import BuildPlan, plan_build, top_level_requirements
-from envkit.catalog import list_catalog_paths, load
-from envkit.render import builder_packages, system_packages
+from envkit.image.base import ensure_base
+from envkit.image.build import BuildPlan, plan_build, top_level_requirements
+from envkit.image.render import builder_packages, system_packages
+from envkit.lock import python as locks
+from envkit.lock.apt import resolve_apt
+from envkit.spec.catalog import list_catalog_paths, load
 
 PLATFORMS = {"linux/amd64": "x86_64-manylinux_2_28", "linux/arm64": "aarch64-manylinux_2_28"}
 

@@ -26,7 +26,7 @@ import docker.errors
 
 from envkit.atomic import open_atomic
 from envkit.errors import IntegrityError, NetworkError, UsageError
-from envkit.offline import DirStore, PackageServer, assert_cut_off, internal_network, outside_addresses
+from envkit.record.offline import DirStore, PackageServer, assert_cut_off, internal_network, outside_addresses
 
 BUNDLE_SCHEMA = 1
 INDEX_NAME = "envkit-bundle.json"
@@ -89,7 +89,7 @@ def download_wheels(requirements: Path, dest: Path, *, python: str, platform: st
 
 def apt_commands(plan: Any) -> dict[str, str]:
     """The builder's and the final stage's apt installs, as download-only commands."""
-    from envkit.render import template_context
+    from envkit.image.render import template_context
 
     context = template_context(plan.render_input)
     command = (
@@ -202,9 +202,9 @@ def make_bundle(
     client: docker.DockerClient, manifest_path: Path, output: Path, *, say: Say = _quiet
 ) -> BundleIndex:
     """Gather what an offline restore of ``manifest_path`` needs into ``output``."""
-    from envkit.base import ensure_base
-    from envkit.build import TOOLS_LOCK
-    from envkit.snapshot import plan_from_manifest, read_manifest
+    from envkit.image.base import ensure_base
+    from envkit.image.build import TOOLS_LOCK
+    from envkit.record.snapshot import plan_from_manifest, read_manifest
 
     manifest_text = Path(manifest_path).read_text(encoding="utf-8")
     manifest = read_manifest(manifest_path)
@@ -346,8 +346,8 @@ def restore_offline_events(
     nocache: bool = False, say: Say = _quiet,
 ) -> Iterator[Any]:
     """Restore from an opened bundle with the build network cut off; yields build events."""
-    from envkit.offline import TarStore
-    from envkit.snapshot import restore_events
+    from envkit.record.offline import TarStore
+    from envkit.record.snapshot import restore_events
 
     if manifest.digest != bundle.index.manifest_digest:
         raise IntegrityError(f"{bundle.path}: its manifest is not the one its index was made for")

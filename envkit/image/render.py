@@ -15,7 +15,7 @@ import jinja2
 
 from envkit import __version__
 from envkit.resources import templates_dir
-from envkit.spec import ImageSpec
+from envkit.spec.model import ImageSpec
 
 # Needed in every final image: the interpreter the venv points at, and public CA roots so users
 # can fetch data over HTTPS at run time (the build's own CA bundle never gets here).

@@ -39,8 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from envkit.errors import IntegrityError, NetworkError, ReproMismatch, UsageError
 
 if TYPE_CHECKING:
-    from envkit.build import BuildEvent
-    from envkit.snapshot import Manifest
+    from envkit.image.build import BuildEvent
+    from envkit.record.snapshot import Manifest
 
 VENV = "/opt/venv"
 PYPI_JSON = "https://pypi.org/pypi/{name}/{version}/json"
@@ -295,7 +295,7 @@ def choose_wheel(files: list[IndexFile], tags: list[str], *, name: str, version:
 
 def http_session() -> requests.Session:
     """A session that trusts the same CA bundle as builds (PIP_CERT, SSL_CERT_FILE, ...)."""
-    from envkit.context import detect_ca_bundle
+    from envkit.image.context import detect_ca_bundle
 
     session = requests.Session()
     bundle = detect_ca_bundle(None)
@@ -373,7 +373,7 @@ def running_container(client: docker.DockerClient, ref: str) -> Any:
 
 def collect_in_container(container: Any) -> dict[str, Any]:
     """The collect script, run by docker exec inside the running container (as root, no bytecode)."""
-    from envkit.snapshot import COLLECT_SCRIPT
+    from envkit.record.snapshot import COLLECT_SCRIPT
 
     exit_code, output = container.exec_run(["python3", "-B", "-c", COLLECT_SCRIPT], user="0", demux=True)
     stdout, stderr = output if isinstance(output, tuple) else (output, b"")
@@ -397,7 +397,7 @@ def snapshot_container(
     session: requests.Session | None = None,
 ) -> Manifest:
     """The manifest of the container's image, with the container's drift locked into it."""
-    from envkit.snapshot import seal_manifest, snapshot
+    from envkit.record.snapshot import seal_manifest, snapshot
 
     container = running_container(client, ref)
     image_id = str(container.attrs["Image"])
@@ -480,13 +480,13 @@ def render_drift_dockerfile(base_id: str, drift: Drift, *, user: str) -> str:
 
 
 def drift_context(dockerfile: str, wheels: dict[str, bytes]) -> Any:
-    from envkit.context import BuildContext
-    from envkit.resources import PACKAGE_DIR
+    from envkit.image.context import BuildContext
+    from envkit.resources import incontainer_dir
 
     context = BuildContext()
     context.add("Dockerfile", dockerfile.encode())
     if wheels:
-        context.add("drift/wheelinstall.py", (PACKAGE_DIR / "wheelinstall.py").read_bytes())
+        context.add("drift/wheelinstall.py", (incontainer_dir() / "wheelinstall.py").read_bytes())
         for filename, data in sorted(wheels.items()):
             context.add(f"drift/wheels/{filename}", data)
     return context
@@ -494,7 +494,7 @@ def drift_context(dockerfile: str, wheels: dict[str, bytes]) -> Any:
 
 def check_drift_image(client: docker.DockerClient, manifest: Manifest, image_id: str) -> None:
     """The new image holds the base's layers and exactly the container's Python set (exit 9 if not)."""
-    from envkit.snapshot import collect_packages
+    from envkit.record.snapshot import collect_packages
 
     assert manifest.drift is not None
     layers = list((client.api.inspect_image(image_id).get("RootFS") or {}).get("Layers") or [])
@@ -534,7 +534,7 @@ def drift_events(
     session: requests.Session | None = None,
 ) -> Iterator[BuildEvent]:
     """Build, seal, check and tag the drift image on ``base_id``; the last event carries a DriftResult."""
-    from envkit.build import BuildEvent, seal_events, stream_context_build
+    from envkit.image.build import BuildEvent, seal_events, stream_context_build
 
     drift = manifest.drift
     assert drift is not None

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from envkit import __version__
 from envkit.atomic import write_text
-from envkit.drift import Drift
 from envkit.errors import IntegrityError, UsageError
+from envkit.record.drift import Drift
 
 # 2 added the optional `drift` (a running container's changes, `snapshot --container`); 1 still reads.
 SCHEMA_VERSION = 2
@@ -221,7 +221,7 @@ def python_packages_against_lock(
 
 def _spec_and_lock_from_labels(labels: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any], str]:
     """Find the catalog spec and lock an envkit image was built from (its labels name them)."""
-    from envkit.catalog import load
+    from envkit.spec.catalog import load
 
     name = labels.get("io.envkit.name")
     if not name:
@@ -244,7 +244,7 @@ def snapshot(
     host: dict[str, Any] | None = None,
     verify_report: dict[str, Any] | None = None,
 ) -> Manifest:
-    from envkit.catalog import image_ref_for
+    from envkit.spec.catalog import image_ref_for
 
     image_ref = image_ref_for(target)
     try:
@@ -303,7 +303,7 @@ def materialize(manifest: Manifest, directory: Path) -> Path:
 
 def plan_from_manifest(manifest: Manifest, directory: Path, **options: Any) -> Any:
     """A build plan from the manifest's own spec and lock (``options`` go to ``plan_build``)."""
-    from envkit.build import plan_build
+    from envkit.image.build import plan_build
 
     spec_path = materialize(manifest, directory)
     plan = plan_build(str(spec_path), **options)
@@ -332,7 +332,7 @@ def restore_events(
     An offline restore passes the local package index, the cut-off network and its proxy args;
     it gets no CA bundle, since nothing it fetches goes over TLS.
     """
-    from envkit.build import build_image
+    from envkit.image.build import build_image
 
     options: dict[str, Any] = {"ca_bundle": ca_bundle, "source": manifest.source}
     if offline_index is not None:

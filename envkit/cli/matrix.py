@@ -7,7 +7,7 @@ import json
 import click
 from rich.table import Table
 
-from envkit import console
+from envkit.cli import console
 
 
 def _cell(value: object) -> str:
@@ -30,7 +30,7 @@ def _arches(arch_list: list[str]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def matrix(torch_version: str | None, cuda: str | None, as_json: bool) -> None:
     """Show which torch / CUDA / cuDNN / Python combinations exist."""
-    from envkit.compat import matrix_rows
+    from envkit.spec.compat import matrix_rows
 
     rows = matrix_rows(torch_version, cuda)
     if as_json:
@@ -62,7 +62,7 @@ def matrix(torch_version: str | None, cuda: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def doctor(as_json: bool) -> None:
     """Say which catalog images can run on this host's driver and GPUs."""
-    from envkit.doctor import doctor as run_doctor
+    from envkit.verify.doctor import doctor as run_doctor
 
     report = run_doctor()
     if as_json:

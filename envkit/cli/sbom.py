@@ -1,4 +1,4 @@
-"""``envkit sbom``: a CycloneDX or SPDX bill of materials for an image or a manifest (envkit.sbom)."""
+"""``envkit sbom``: a CycloneDX or SPDX bill of materials for an image or a manifest (envkit.record.sbom)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,23 @@ from typing import TYPE_CHECKING
 
 import click
 
-from envkit import console
+from envkit.cli import console
 
 if TYPE_CHECKING:
-    from envkit.snapshot import Manifest
+    from envkit.record.snapshot import Manifest
 
 FORMATS = ("cyclonedx", "spdx")
 
 
 def load_target(target: str) -> Manifest:
     """A manifest file is read (and its digest checked); anything else is snapshotted from the engine."""
-    from envkit.snapshot import read_manifest
+    from envkit.record.snapshot import read_manifest
 
     path = Path(target)
     if path.is_file() and path.suffix not in (".yaml", ".yml"):
         return read_manifest(path)
-    from envkit.engine import get_client
-    from envkit.snapshot import snapshot
+    from envkit.engine.client import get_client
+    from envkit.record.snapshot import snapshot
 
     return snapshot(get_client(), target)
 
@@ -42,7 +42,7 @@ def sbom(target: str, fmt: str, output: Path | None) -> None:
     SOURCE_DATE_EPOCH and its serial number derives from the manifest's digest.
     """
     from envkit.atomic import write_text
-    from envkit.sbom import FORMAT_NAMES, render
+    from envkit.record.sbom import FORMAT_NAMES, render
 
     manifest = load_target(target)
     for problem in manifest.lock_mismatches:

@@ -20,10 +20,6 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from envkit import compat
-from envkit.base import BasePlan, ensure_base
-from envkit.catalog import SpecRef, load
-from envkit.context import BuildContext, detect_ca_bundle, proxy_build_args
 from envkit.errors import (
     BuildFailed,
     CompatError,
@@ -32,8 +28,12 @@ from envkit.errors import (
     Interrupted,
     NetworkError,
 )
-from envkit.render import RenderInput, render_dockerfile
+from envkit.image.base import BasePlan, ensure_base
+from envkit.image.context import BuildContext, detect_ca_bundle, proxy_build_args
+from envkit.image.render import RenderInput, render_dockerfile
 from envkit.resources import PACKAGE_DIR, probe_dir, templates_dir
+from envkit.spec import compat
+from envkit.spec.catalog import SpecRef, load
 
 TOOLS_LOCK = PACKAGE_DIR / "data" / "tools.txt"
 LOG_TAIL = 25
@@ -146,7 +146,7 @@ def plan_build(
     lock = read_fresh_lock(ref) if use_lock else None
     requirements, lock_digest, lock_source = None, None, "none"
     if lock is not None:
-        from envkit import lock as locks
+        from envkit.lock import python as locks
 
         requirements, lock_digest, lock_source = lock.python_requirements, locks.lock_digest(lock), "file"
     elif with_requirements:
@@ -185,7 +185,7 @@ def plan_build(
 
 def read_fresh_lock(ref: SpecRef) -> Any:
     """The lock beside the spec, or None; a lock that no longer matches its spec is an error."""
-    from envkit import lock as locks  # imported here: rendering alone needs no resolver
+    from envkit.lock import python as locks  # imported here: rendering alone needs no resolver
 
     if not ref.lock_path.is_file():
         return None
@@ -200,7 +200,7 @@ def read_fresh_lock(ref: SpecRef) -> Any:
 
 def resolve_requirements(ref: SpecRef, resolved: compat.Resolved) -> str:
     """Resolve the hashed Python set now, with uv (needs the network)."""
-    from envkit import lock as locks
+    from envkit.lock import python as locks
 
     return locks.lock_requirements(
         top_level_requirements(ref, resolved), python=ref.spec.python, index_url=resolved.index_url
@@ -434,7 +434,7 @@ def build_image(
             ) from None
     inputs = build_input_digest(client, plan, seal=seal)
     if not nocache:
-        from envkit import sealcache
+        from envkit.image import sealcache
 
         known = sealcache.lookup(client, inputs)
         if known:
@@ -470,7 +470,7 @@ def build_image(
     image = client.images.get(final_id)
     repo, _, tag_part = target.rpartition(":")
     client.api.tag(image.id, repo, tag_part, force=True)
-    from envkit import sealcache
+    from envkit.image import sealcache
 
     sealcache.remember(client, inputs, image.id)
     durations["total"] = time.monotonic() - started
@@ -501,8 +501,8 @@ def seal_events(
     client: docker.DockerClient, unsealed_id: str, epoch: int, *, nocache: bool
 ) -> Iterator[BuildEvent]:
     """Seal the fresh build (untagged, so a failure leaves every tag where it was)."""
-    from envkit import sealcache
-    from envkit.seal import seal_image
+    from envkit.image import sealcache
+    from envkit.image.seal import seal_image
 
     known = None if nocache else sealcache.lookup(client, unsealed_id)
     if known:

@@ -33,7 +33,7 @@ import docker.errors
 import requests.exceptions
 
 from envkit.errors import EnvkitError, IntegrityError, Interrupted, UsageError
-from envkit.seal import (
+from envkit.image.seal import (
     BLOCK,
     COPY_CHUNK,
     END_OF_ARCHIVE,

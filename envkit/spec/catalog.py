@@ -7,7 +7,7 @@ from pathlib import Path
 
 from envkit.errors import UsageError
 from envkit.resources import images_dir
-from envkit.spec import ImageSpec, load_spec
+from envkit.spec.model import ImageSpec, load_spec
 
 
 @dataclass(frozen=True)

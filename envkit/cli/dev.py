@@ -1,4 +1,4 @@
-"""`envkit run`, `envkit ps`, `envkit stop`: thin commands over envkit.devrun."""
+"""`envkit run`, `envkit ps`, `envkit stop`: thin commands over envkit.dev.run."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from envkit import console
+from envkit.cli import console
 from envkit.errors import UsageError
 
 
@@ -64,9 +64,9 @@ def run(**options: object) -> None:
 
 
 def _run(**options: object) -> None:
-    from envkit import devrun
-    from envkit.catalog import image_ref_for
-    from envkit.engine import get_client
+    from envkit.dev import run as devrun
+    from envkit.engine.client import get_client
+    from envkit.spec.catalog import image_ref_for
 
     services = [s for s in ("jupyter", "tensorboard", "ssh") if options[s]]
     environment = _env_pairs(options["env"])  # type: ignore[arg-type]
@@ -133,8 +133,8 @@ def _run(**options: object) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def ps(as_json: bool) -> None:
     """List the containers `envkit run` started."""
-    from envkit import devrun
-    from envkit.engine import get_client
+    from envkit.dev import run as devrun
+    from envkit.engine.client import get_client
 
     found = devrun.list_managed(get_client())
     if as_json:
@@ -158,8 +158,8 @@ def ps(as_json: bool) -> None:
 @click.option("--timeout", type=int, default=10, show_default=True, help="Seconds before SIGKILL.")
 def stop(names: tuple[str, ...], all_managed: bool, timeout: int) -> None:
     """Stop and remove containers `envkit run` started (their token files too)."""
-    from envkit import devrun
-    from envkit.engine import get_client
+    from envkit.dev import run as devrun
+    from envkit.engine.client import get_client
 
     if names and all_managed:
         raise UsageError("give names or --all, not both")
@@ -171,5 +171,5 @@ def stop(names: tuple[str, ...], all_managed: bool, timeout: int) -> None:
 
 
 def commands() -> list[click.Command]:
-    """What envkit.command_registry attaches to the CLI."""
+    """What envkit.cli.registry attaches to the CLI."""
     return [run, ps, stop]

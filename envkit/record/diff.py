@@ -26,7 +26,7 @@ import docker
 import docker.errors
 
 from envkit.errors import UsageError
-from envkit.seal import COPY_CHUNK, SAVE_CHUNK, IterReader, Prefixed, iter_tar, normalize_name
+from envkit.image.seal import COPY_CHUNK, SAVE_CHUNK, IterReader, Prefixed, iter_tar, normalize_name
 
 SUMMARY_LIMIT = 10
 _METADATA_MAX = 1 << 20
@@ -280,7 +280,7 @@ def inspect_or_usage(client: docker.DockerClient, ref: str) -> dict[str, Any]:
 
 
 def _catalog_tag(ref: str) -> str | None:
-    from envkit.catalog import image_ref_for
+    from envkit.spec.catalog import image_ref_for
 
     try:
         tagged = image_ref_for(ref)

@@ -2,7 +2,7 @@
 
 Each parses its options, calls one core function and shows the result. Progress goes to stderr
 (live on a terminal, plain lines otherwise); data meant for programs (JSON, image IDs) goes to
-stdout. Failures are raised as envkit errors and turned into exit codes by ``envkit.cli.main``:
+stdout. Failures are raised as envkit errors and turned into exit codes by ``envkit.cli.app.main``:
 `envkit diff` raises ReproMismatch (exit 9) after showing the differences, so a script can test
 `envkit diff A B` directly; a missing image is a UsageError (exit 2).
 """
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import click
 
-from envkit import console
+from envkit.cli import console
 from envkit.errors import ReproMismatch
 
 
 def _client():  # type: ignore[no-untyped-def]
-    from envkit.engine import get_client
+    from envkit.engine.client import get_client
 
     return get_client()
 
@@ -39,7 +39,7 @@ def _client():  # type: ignore[no-untyped-def]
 def seal_cmd(image: str, tag: str | None, source_date_epoch: int | None, tmp_dir: Path | None,
              keep_layers: bool, as_json: bool) -> None:
     """Rewrite IMAGE into deterministic layers and config, and move its tag to the result."""
-    from envkit.seal import human_bytes, seal_image
+    from envkit.image.seal import human_bytes, seal_image
 
     client = _client()
     progress = console.Progress(f"seal {image}")
@@ -70,7 +70,7 @@ def seal_cmd(image: str, tag: str | None, source_date_epoch: int | None, tmp_dir
 @click.option("--json", "as_json", is_flag=True, help="Print the diff as JSON on stdout.")
 def diff_cmd(a: str, b: str, files: bool, as_json: bool) -> None:
     """Explain how images (IDs, tags or manifest files) A and B differ. Exit 0 identical, 9 not."""
-    from envkit.diff import diff_images, is_manifest_ref, render
+    from envkit.record.diff import diff_images, is_manifest_ref, render
 
     needs_engine = not (is_manifest_ref(a) and is_manifest_ref(b))
     client = _client() if needs_engine else None
@@ -92,8 +92,8 @@ def diff_cmd(a: str, b: str, files: bool, as_json: bool) -> None:
               show_default=True, help="Archive layout inside the zstd stream.")
 def export_cmd(image: str, output: Path, level: int, fmt: str) -> None:
     """Write IMAGE to FILE as a zstd-compressed docker-archive or OCI layout; the image ID survives."""
-    from envkit.archive import export_image
-    from envkit.seal import human_bytes
+    from envkit.image.archive import export_image
+    from envkit.image.seal import human_bytes
 
     client = _client()
     progress = console.Progress(f"export {image}")
@@ -111,7 +111,7 @@ def export_cmd(image: str, output: Path, level: int, fmt: str) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def import_cmd(file: Path) -> None:
     """Load an archive written by `envkit export` (docker-archive or OCI layout; zstd, gzip or plain)."""
-    from envkit.archive import import_image
+    from envkit.image.archive import import_image
 
     client = _client()
     progress = console.Progress(f"import {file}")

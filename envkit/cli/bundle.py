@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from envkit import console
+from envkit.cli import console
 
 
 @click.command("bundle")
@@ -17,8 +17,8 @@ from envkit import console
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def bundle(manifest_path: Path, output: Path, as_json: bool) -> None:
     """Bundle a manifest with its base, wheels and .debs for `envkit restore BUNDLE --offline`."""
-    from envkit.bundle import make_bundle
-    from envkit.engine import get_client
+    from envkit.engine.client import get_client
+    from envkit.record.bundle import make_bundle
 
     client = get_client()
     progress = console.Progress(f"bundle {manifest_path}")

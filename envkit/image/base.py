@@ -18,10 +18,10 @@ from pathlib import Path
 
 import docker
 
-from envkit.dockerarchive import load_image, rfc3339, sha256_file
-from envkit.engine import image_exists
+from envkit.engine.client import image_exists
+from envkit.engine.dockerarchive import load_image, rfc3339, sha256_file
 from envkit.errors import BuildFailed, Interrupted, NetworkError, UsageError
-from envkit.spec import Bootstrap
+from envkit.spec.model import Bootstrap
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # /dev nodes are made by the runtime in every container; shipping them in a layer only adds noise.

@@ -1,4 +1,4 @@
-"""The ``verify`` click command. Registered on the main group by ``envkit.command_registry``."""
+"""The ``verify`` click command. Registered on the main group by ``envkit.cli.registry``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from envkit.errors import UsageError
-from envkit.probe import WORKLOADS
+from envkit.incontainer.probe import WORKLOADS
 from envkit.verify.runner import DEFAULT_TIMEOUT_S, VerifyOptions, raise_for_verdict
 from envkit.verify.runner import verify as run_verify
 
@@ -88,7 +88,7 @@ def verify(
     architecture, torch without CUDA); exit 8 when numerics fail, the benchmark is too slow or
     does not finish within --timeout. The JSON report is written in every case.
     """
-    from envkit import console  # noqa: PLC0415 - keeps `envkit --help` fast
+    from envkit.cli import console  # noqa: PLC0415 - keeps `envkit --help` fast
 
     options = VerifyOptions(
         target=target,

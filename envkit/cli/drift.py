@@ -1,6 +1,6 @@
 """Showing container drift: the summary of `snapshot --container` and the drift half of `restore`.
 
-The core is envkit.drift; this module only drives it and prints. Progress goes to stderr, JSON to
+The core is envkit.record.drift; this module only drives it and prints. Progress goes to stderr, JSON to
 stdout, failures are raised as envkit errors (exit 9 when the base or the drift image differs).
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import docker
 
-from envkit import console
+from envkit.cli import console
 from envkit.errors import ReproMismatch
 
 
@@ -47,12 +47,12 @@ def finish_restore(
     as_json: bool,
 ) -> None:
     """The base was restored as ``base`` (a BuildResult); prove it, then build the drift layer."""
-    from envkit.drift import drift_events
+    from envkit.record.drift import drift_events
 
     if base.image_id != manifest.image.id:
-        from envkit.diff import diff_images
-        from envkit.diff import render as render_diff
-        from envkit.snapshot import diff_view
+        from envkit.record.diff import diff_images
+        from envkit.record.diff import render as render_diff
+        from envkit.record.snapshot import diff_view
 
         render_diff(diff_images(client, diff_view(manifest), base.image_id), console.console)
         raise ReproMismatch(

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
 
-from envkit.compat import CPU, Resolved
+from envkit.spec.compat import CPU, Resolved
 
 NVIDIA_SMI_QUERY = [
     "nvidia-smi",
@@ -248,8 +248,8 @@ def assess(host: HostInfo, images: Iterable[tuple[str, Resolved]]) -> list[Fit]:
 
 def catalog_images() -> list[tuple[str, Resolved]]:
     """Every catalog image with its resolved versions."""
-    from envkit import compat
-    from envkit.catalog import list_catalog_paths, load
+    from envkit.spec import compat
+    from envkit.spec.catalog import list_catalog_paths, load
 
     images = []
     for name, _ in list_catalog_paths():

@@ -9,13 +9,13 @@ import click
 # (module, attribute): a click command, or a function returning a list of them. The modules are
 # imported only when the CLI starts, so `envkit render` does not pay for verify or seal imports.
 FEATURE_COMMANDS: tuple[tuple[str, str], ...] = (
-    ("envkit.repro_cli", "commands"),
-    ("envkit.matrix_cli", "matrix"),
-    ("envkit.matrix_cli", "doctor"),
-    ("envkit.verify.cli", "verify"),
-    ("envkit.devrun_cli", "commands"),
-    ("envkit.bundle_cli", "commands"),
-    ("envkit.sbom_cli", "sbom"),
+    ("envkit.cli.repro", "commands"),
+    ("envkit.cli.matrix", "matrix"),
+    ("envkit.cli.matrix", "doctor"),
+    ("envkit.cli.verify", "verify"),
+    ("envkit.cli.dev", "commands"),
+    ("envkit.cli.bundle", "commands"),
+    ("envkit.cli.sbom", "sbom"),
 )
 
 

@@ -1,0 +1,1 @@
+"""Running dev images: Jupyter, TensorBoard, SSH, and commands in a container."""

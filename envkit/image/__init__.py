@@ -1,0 +1,1 @@
+"""From a resolved spec to an image: render, build context, base, build, seal, export/import."""

@@ -1,0 +1,1 @@
+"""Lock files: the Python set (exact versions, sha256) and the apt pins."""

@@ -1,0 +1,1 @@
+"""What is recorded about an image: snapshot manifests, drift, diff, SBOM, bundles, restore."""

@@ -1,0 +1,1 @@
+"""Reading specs: the strict model, the catalog, and the torch/CUDA/cuDNN compatibility tables."""
