@@ -387,7 +387,7 @@ def read_lock(path: str | Path) -> LockFile:
     except RecursionError:
         raise IntegrityError(f"{path}: not a valid lock file (nested too deeply)") from None
     except ValueError as exc:
-        raise IntegrityError(f"{path}: not a valid lock file", details=str(exc)) from None
+        raise IntegrityError(f"{path}: not a valid lock file: {exc}") from None
     return parse_lock(data, str(path))
 
 
