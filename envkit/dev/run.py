@@ -52,7 +52,9 @@ DEFAULT_SHM = 8 * 1024**3
 MIN_TOKEN_LENGTH = 32
 
 # Hashes made by jupyter_server.auth.passwd(): argon2 (the default) or salted sha1.
-_PASSWORD_HASH_RE = re.compile(r"^(argon2:\$argon2(id|i|d)\$[A-Za-z0-9$=,+/.]+|sha1:[0-9a-f]+:[0-9a-f]{40})\Z")
+_PASSWORD_HASH_RE = re.compile(
+    r"^(argon2:\$argon2(id|i|d)\$[A-Za-z0-9$=,+/.]+|sha1:[0-9a-f]+:[0-9a-f]{40})\Z"
+)
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z")
 _PORT_TAKEN_RES = (
     re.compile(r"Bind for [^ ]*:(\d+) failed: port is already allocated"),

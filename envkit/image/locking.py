@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import docker
 
-from envkit.image.base import ensure_base
 from envkit.errors import IntegrityError
+from envkit.image.base import ensure_base
 from envkit.image.build import BuildPlan, plan_build, resolve_spec, top_level_requirements
 from envkit.image.render import builder_packages, system_packages
 from envkit.lock import python as locks
@@ -118,5 +118,6 @@ def check_covers_spec(ref: SpecRef, lock: locks.LockFile) -> None:
             raise IntegrityError(f"{where}: apt package {package} from {ref.display} has no pin in the lock")
         if version and lock.apt[package] != version:
             raise IntegrityError(
-                f"{where}: apt package {package} is pinned to {lock.apt[package]}, {ref.display} asks for {version}"
+                f"{where}: apt package {package} is pinned to {lock.apt[package]}, "
+                f"{ref.display} asks for {version}"
             )

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-
 from typing import Annotated, Any
 
 from packaging.markers import InvalidMarker, Marker
@@ -54,7 +53,9 @@ _STRICT_REQUIREMENT = re.compile(
 )
 _STRICT_HASH = re.compile(r"--hash=sha256:(?P<digest>\S*?)(?P<more>\s+\\)?")
 _BASE_KEYS = ("ref", "suite", "mirror", "variant", "image_id", "rootfs")
-_IMAGE_REF = re.compile(r"[a-z0-9][a-z0-9._\-/]*(?::[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
+_IMAGE_REF = re.compile(
+    r"[a-z0-9][a-z0-9._\-/]*(?::[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
+)
 
 
 class LockError(SpecError):

@@ -47,7 +47,9 @@ def spec_path(name: str) -> Path:
         hint = "`envkit list` shows the catalog"
         if candidate.is_file():
             hint = f"to use the local file, write ./{name}; {hint}"
-        raise UsageError(f"{name!r} is neither a catalog name like pytorch-cuda:2.8 nor a spec file", hint=hint)
+        raise UsageError(
+            f"{name!r} is neither a catalog name like pytorch-cuda:2.8 nor a spec file", hint=hint
+        )
     path = images_dir() / image / f"{tag}.yaml"
     if not path.is_file():
         known = ", ".join(ref for ref, _ in list_catalog_paths()) or "none"

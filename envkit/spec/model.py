@@ -282,7 +282,9 @@ class ImageSpec(_Strict):
                 bad = first_bad_char(key, r"a-z0-9.\-") or key[:1]
                 raise ValueError(f"{describe_char(bad)} is not allowed in label key {key!r}")
             if key == RESERVED_LABEL_PREFIX.rstrip(".") or key.startswith(RESERVED_LABEL_PREFIX):
-                raise ValueError(f"label key {key!r} is reserved: envkit sets the {RESERVED_LABEL_PREFIX}* labels itself")
+                raise ValueError(
+                    f"label key {key!r} is reserved: envkit sets the {RESERVED_LABEL_PREFIX}* labels itself"
+                )
             check_chars(item, _VALUE_CHARS, f"the value of label {key}")
         return value
 
