@@ -57,14 +57,18 @@ def make_lock(
         plan.base_ref,
         {"system": system_packages(plan.render_input), "builder": builder_packages(plan.render_input)},
     )
-    lock = locks.LockFile(
-        spec_digest=spec.digest(),
-        source_date_epoch=spec.source_date_epoch,
-        base=base,
-        apt=pins.get("system", {}),
-        builder_apt=pins.get("builder", {}),
-        python_requirements=requirements,
-        packages=locks.parse_locked(requirements),
+    # What uv and apt answered goes through the same strict model as a lock read from disk.
+    lock = locks.parse_lock(
+        {
+            "spec_digest": spec.digest(),
+            "source_date_epoch": spec.source_date_epoch,
+            "base": base,
+            "apt": pins.get("system", {}),
+            "builder_apt": pins.get("builder", {}),
+            "python_requirements": requirements,
+            "packages": locks.parse_locked(requirements),
+        },
+        f"the new lock of {spec.ref}",
     )
     locks.write_lock(plan.ref.lock_path, lock)
     return plan, lock
