@@ -109,14 +109,17 @@ def export_cmd(image: str, output: Path, level: int, fmt: str) -> None:
 
 @click.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-def import_cmd(file: Path) -> None:
+@click.option("--max-size", metavar="SIZE", help="Refuse archives larger than SIZE once decompressed "
+              "(e.g. 20G; default: the engine's free disk space less a margin).")
+def import_cmd(file: Path, max_size: str | None) -> None:
     """Load an archive written by `envkit export` (docker-archive or OCI layout; zstd, gzip or plain)."""
-    from envkit.image.archive import import_image
+    from envkit.image.archive import import_image, parse_size
 
+    cap = parse_size(max_size) if max_size is not None else None
     client = _client()
     progress = console.Progress(f"import {file}")
     with progress.running():
-        result = import_image(client, file, progress=lambda msg: progress.update("phase", msg))
+        result = import_image(client, file, max_size=cap, progress=lambda msg: progress.update("phase", msg))
     for ref, image_id in zip(result.loaded, result.image_ids, strict=False):
         console.success(f"loaded {ref} ({image_id[:19]})")
     for image_id in result.image_ids:

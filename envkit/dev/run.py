@@ -52,8 +52,10 @@ DEFAULT_SHM = 8 * 1024**3
 MIN_TOKEN_LENGTH = 32
 
 # Hashes made by jupyter_server.auth.passwd(): argon2 (the default) or salted sha1.
-_PASSWORD_HASH_RE = re.compile(r"^(argon2:\$argon2(id|i|d)\$[A-Za-z0-9$=,+/.]+|sha1:[0-9a-f]+:[0-9a-f]{40})$")
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+_PASSWORD_HASH_RE = re.compile(
+    r"^(argon2:\$argon2(id|i|d)\$[A-Za-z0-9$=,+/.]+|sha1:[0-9a-f]+:[0-9a-f]{40})\Z"
+)
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z")
 _PORT_TAKEN_RES = (
     re.compile(r"Bind for [^ ]*:(\d+) failed: port is already allocated"),
     re.compile(r"listen tcp[46]? [^ ]*:(\d+): bind: address already in use"),
@@ -589,13 +591,37 @@ def create(client: docker.DockerClient, plan: RunPlan) -> tuple[Any, Path | None
     return container, token_file
 
 
+def own_state_dir(name: str, label: str | None = None) -> Path | None:
+    """The state directory of container ``name``, or None when there is none envkit may touch.
+
+    Only ``<state root>/run/<name>`` itself qualifies, after resolving every ``..`` and symlink;
+    a path taken from a label is used only to confirm it, never as the place to act on.
+    """
+    if not _NAME_RE.match(name):
+        return None
+    runs = state_root() / "run"
+    expected = runs / name
+    if label is not None:
+        try:
+            if os.path.realpath(label) != os.path.realpath(expected):
+                return None
+        except (OSError, ValueError):
+            return None
+    if expected.is_symlink() or os.path.realpath(expected.parent) != os.path.realpath(runs):
+        return None
+    return expected
+
+
 def remove(client: docker.DockerClient, container_id: str, state_dir: Path | None = None) -> None:
     try:
         client.api.remove_container(container_id, force=True)
     except docker.errors.NotFound:
         pass
-    if state_dir is not None and state_dir.parent == state_root() / "run":
-        shutil.rmtree(state_dir, ignore_errors=True)
+    if state_dir is None:
+        return
+    safe = own_state_dir(state_dir.name, str(state_dir))
+    if safe is not None and safe.is_dir():
+        shutil.rmtree(safe, ignore_errors=True)
 
 
 def published_ports(attrs: dict[str, Any]) -> dict[str, tuple[str, int]]:
@@ -762,6 +788,11 @@ def _managed(client: docker.DockerClient) -> list[Any]:
     return client.containers.list(all=True, filters={"label": f"{MANAGED_LABEL}=true"})
 
 
+def _printable(text: str) -> str:
+    """A label value as it may reach a terminal: no control or escape characters."""
+    return "".join(c for c in str(text) if c.isprintable())
+
+
 def list_managed(client: docker.DockerClient) -> list[ManagedContainer]:
     found = []
     for container in _managed(client):
@@ -776,10 +807,10 @@ def list_managed(client: docker.DockerClient) -> list[ManagedContainer]:
             ManagedContainer(
                 name=container.name,
                 id=container.id,
-                image=labels.get(IMAGE_LABEL, ""),
-                status=str(state.get("Status", container.status)),
-                health=str((state.get("Health") or {}).get("Status", "-")),
-                services=tuple(filter(None, labels.get(SERVICES_LABEL, "").split(","))),
+                image=_printable(labels.get(IMAGE_LABEL, "")),
+                status=_printable(str(state.get("Status", container.status))),
+                health=_printable(str((state.get("Health") or {}).get("Status", "-"))),
+                services=tuple(s for s in labels.get(SERVICES_LABEL, "").split(",") if s in SERVICES),
                 ports=ports,
             )
         )
@@ -809,7 +840,7 @@ def stop(client: docker.DockerClient, names: Iterable[str] = (), *, all_managed:
             container.stop(timeout=timeout)
         except docker.errors.NotFound:
             pass
-        state_dir = Path(labels[STATE_LABEL]) if labels.get(STATE_LABEL) else None
-        remove(client, container.id, state_dir)
+        label = labels.get(STATE_LABEL)
+        remove(client, container.id, own_state_dir(container.name, label) if label else None)
         stopped.append(container.name)
     return stopped

@@ -21,18 +21,20 @@ import io
 import json
 import os
 import posixpath
+import re
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import docker
 import docker.errors
 import requests.exceptions
 
-from envkit.errors import EnvkitError, IntegrityError, Interrupted, UsageError
+from envkit.errors import EngineUnreachable, EnvkitError, IntegrityError, Interrupted, UsageError
 from envkit.image.seal import (
     BLOCK,
     COPY_CHUNK,
@@ -40,6 +42,7 @@ from envkit.image.seal import (
     SAVE_CHUNK,
     IterReader,
     Prefixed,
+    TarFormatError,
     iter_tar,
     load_archive,
     normalize_name,
@@ -56,6 +59,16 @@ REF_ANNOTATION = "org.opencontainers.image.ref.name"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
 READ_CHUNK = 4 << 20
+MAX_JSON_BYTES = 16 << 20
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+REF_RE = re.compile(r"[a-z0-9][a-z0-9._\-/]*(:[0-9]+)?(/[a-z0-9._\-]+)*:[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+# Import limits: the engine's free space less this margin (or 5% of it, whichever is more), a
+# fixed cap when the engine's disk cannot be seen, and the expansion no real image reaches.
+DISK_MARGIN = 2 << 30
+UNKNOWN_DISK_CAP = 256 << 30
+MAX_RATIO = 1000
+BOMB_CHECK_AFTER = 64 << 20
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 Progress = Callable[[str], None]
 
@@ -279,6 +292,51 @@ def oci_layout(saved: Iterator[bytes], spool: str, ref: str | None) -> Iterator[
     yield END_OF_ARCHIVE
 
 
+def _json_member(data: object, size: int, what: str) -> Any:
+    """A small JSON member of an archive, parsed; anything else is an integrity failure."""
+    if size > MAX_JSON_BYTES:
+        raise IntegrityError(f"{what} is {size} bytes; a JSON document of an image is far smaller")
+    try:
+        return json.loads(data.read())  # type: ignore[attr-defined]
+    except (ValueError, RecursionError):
+        raise IntegrityError(f"{what} is not valid JSON") from None
+
+
+def _digest_field(value: object, what: str) -> str:
+    if not isinstance(value, str) or not DIGEST_RE.fullmatch(value):
+        raise IntegrityError(f"{what} is not a sha256 digest: {str(value)[:80]!r}")
+    return value
+
+
+def _oci_index(index: object) -> tuple[str, str | None]:
+    """The first manifest's digest and the image name an OCI index gives, checked."""
+    manifests = index.get("manifests") if isinstance(index, dict) else None
+    if not isinstance(manifests, list) or not manifests or not isinstance(manifests[0], dict):
+        raise IntegrityError("the OCI index.json lists no manifest")
+    descriptor = manifests[0]
+    digest = _digest_field(descriptor.get("digest"), "the OCI index's manifest digest")
+    annotations = descriptor.get("annotations") or {}
+    ref = annotations.get(NAME_ANNOTATION) if isinstance(annotations, dict) else None
+    if ref is not None and (not isinstance(ref, str) or not REF_RE.fullmatch(ref)):
+        raise IntegrityError(f"the OCI index names the image {str(ref)[:80]!r}: not an image reference")
+    return digest, ref
+
+
+def _oci_manifest(manifest: object) -> tuple[str, list[str]]:
+    """The config digest and layer digests of an OCI manifest, checked."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+        raise IntegrityError("the OCI manifest has no config descriptor")
+    config = _digest_field(manifest["config"].get("digest"), "the OCI manifest's config digest")
+    layers = manifest.get("layers")
+    if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
+        raise IntegrityError("the OCI manifest's layers are not a list of descriptors")
+    for layer in layers:
+        if not str(layer.get("mediaType", OCI_LAYER)).endswith(".tar"):
+            shown = str(layer.get("digest"))[:80]
+            raise UsageError(f"OCI layer {shown} is compressed; only plain tar layers load")
+    return config, [_digest_field(layer.get("digest"), "an OCI layer digest") for layer in layers]
+
+
 def docker_archive_from_oci(src: object) -> Iterator[bytes]:
     """Turn an OCI layout tar (as `oci_layout` writes it) into a docker-archive stream."""
     index_digest = config_digest = ref = None
@@ -290,23 +348,19 @@ def docker_archive_from_oci(src: object) -> Iterator[bytes]:
         if not info.isreg():
             continue
         if name == "index.json":
-            index = json.loads(data.read())
-            descriptor = index["manifests"][0]
-            index_digest = descriptor["digest"]
-            ref = (descriptor.get("annotations") or {}).get(NAME_ANNOTATION)
+            if index_digest is not None:
+                raise IntegrityError("the OCI layout holds two index.json files")
+            index_digest, ref = _oci_index(_json_member(data, info.size, "the OCI index.json"))
             continue
         if not name.startswith("blobs/sha256/"):
             continue
-        digest = "sha256:" + posixpath.basename(name)
+        digest = _digest_field("sha256:" + posixpath.basename(name), f"the blob name {name}")
         if digest == index_digest and config_digest is None:
-            manifest = json.loads(data.read())
-            config_digest = manifest["config"]["digest"]
-            for layer in manifest["layers"]:
-                if not str(layer.get("mediaType", OCI_LAYER)).endswith(".tar"):
-                    raise UsageError(f"OCI layer {layer['digest']} is compressed; only plain tar layers load")
-            layer_digests = [layer["digest"] for layer in manifest["layers"]]
+            config_digest, layer_digests = _oci_manifest(_json_member(data, info.size, "the OCI manifest"))
             pending = set(layer_digests)
         elif digest == config_digest and not started:
+            if info.size > MAX_JSON_BYTES:
+                raise IntegrityError(f"the config blob {digest} is {info.size} bytes")
             config_bytes = data.read()
             if "sha256:" + hashlib.sha256(config_bytes).hexdigest() != digest:
                 raise IntegrityError(f"config blob {digest} does not match its digest")
@@ -331,7 +385,7 @@ def docker_archive_from_oci(src: object) -> Iterator[bytes]:
                 hint="import layouts written by `envkit export --format oci`",
             )
     if not started or pending:
-        raise UsageError("the OCI layout is incomplete (missing manifest, config or layers)")
+        raise IntegrityError("the OCI layout is incomplete (missing index, manifest, config or layers)")
     yield END_OF_ARCHIVE
 
 
@@ -360,31 +414,166 @@ def _chain(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
+def parse_size(text: str) -> int:
+    """``10G``, ``512M``, ``1.5T`` or a number of bytes (powers of 1024)."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = 1
+    if value and value[-1] in _SIZE_UNITS:
+        scale, value = _SIZE_UNITS[value[-1]], value[:-1]
+    try:
+        size = int(float(value) * scale)
+    except ValueError:
+        raise UsageError(f"--max-size {text!r} is not a size like 20G, 500M or a number of bytes") from None
+    if size <= 0:
+        raise UsageError(f"--max-size {text!r} must be positive")
+    return size
+
+
+def default_max_size(client: docker.DockerClient) -> int | None:
+    """What the engine's disk can take: its free space less a margin, or None when it cannot be seen."""
+    info = getattr(client, "info", None)
+    if info is None:
+        return None
+    try:
+        root = str(info().get("DockerRootDir") or "")
+        if not root or not os.path.isdir(root):
+            return None  # a remote engine: its disk is not ours to measure
+        stats = os.statvfs(root)
+    except (docker.errors.APIError, requests.exceptions.RequestException, OSError):
+        return None
+    free = stats.f_bavail * stats.f_frsize
+    return max(free - max(DISK_MARGIN, free // 20), 0)
+
+
+class _Guard:
+    """The decompressed archive as it is read: every byte counted against the cap.
+
+    A decompression bomb is stopped when it passes the cap, or, under the default cap, as soon as
+    it has expanded beyond any real image's compression ratio; the engine then sees a cut stream
+    and discards the partial load. With ``keep`` the bytes read are kept for the caller to pass on.
+    """
+
+    def __init__(
+        self, src: Any, *, cap: int, compressed: int, ratio_check: bool, source: str, keep: bool
+    ) -> None:
+        self._src, self._cap, self._compressed = src, cap, max(compressed, 1)
+        self._ratio_check, self._source, self._keep = ratio_check, source, keep
+        self.total = 0
+        self.last = b""
+        self._pending: list[bytes] = []
+
+    def read(self, n: int) -> bytes:
+        data = self._src.read(n)
+        self.total += len(data)
+        if self.total > self._cap:
+            raise IntegrityError(
+                f"{self._source} expands beyond {self._cap} bytes; refused before it fills the engine's disk",
+                hint="if the archive is genuine, raise the limit with --max-size",
+            )
+        if self._ratio_check and self.total > BOMB_CHECK_AFTER and self.total > self._compressed * MAX_RATIO:
+            raise IntegrityError(
+                f"{self._source} expands more than {MAX_RATIO}x ({self._compressed} bytes to over "
+                f"{self.total}): a decompression bomb, not an image",
+                hint="if the archive is genuine, pass --max-size to import it anyway",
+            )
+        if len(data) == BLOCK:
+            self.last = data
+        if self._keep and data:
+            self._pending.append(data)
+        return data
+
+    def readinto(self, buf: Any) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def take(self) -> bytes:
+        out = b"".join(self._pending)
+        self._pending = []
+        return out
+
+
+def _safe_member(name: str) -> None:
+    parts = name.split("/")
+    if name.startswith("/") or ".." in parts or any(not p.isprintable() for p in parts):
+        raise IntegrityError(f"the archive holds a member named {name[:80]!r}, which no image archive has")
+
+
+def _checked_docker_archive(guard: _Guard) -> Iterator[bytes]:
+    """Pass a docker-archive through while reading it as tar: truncation is found, not forwarded."""
+    for info, data in iter_tar(guard):
+        _safe_member(normalize_name(info.name))
+        while data.remaining:
+            data.read(min(COPY_CHUNK, data.remaining))
+            yield guard.take()
+        yield guard.take()
+    if guard.last != bytes(BLOCK):
+        raise IntegrityError("the archive is truncated: it ends before the tar end-of-archive marker")
+    while True:  # the second zero block and the padding after it
+        rest = guard.read(READ_CHUNK)
+        if not rest:
+            break
+        yield guard.take()
+    yield guard.take()
+
+
 def import_image(
-    client: docker.DockerClient, path: str | os.PathLike[str], *, progress: Progress | None = None
+    client: docker.DockerClient,
+    path: str | os.PathLike[str],
+    *,
+    max_size: int | None = None,
+    progress: Progress | None = None,
 ) -> ImportResult:
-    """Load an archive written by `export_image` (or any docker-archive, plain, gzip or zstd)."""
+    """Load an archive written by `export_image` (or any docker-archive, plain, gzip or zstd).
+
+    The decompressed size is capped (``max_size``, by default what the engine's disk can hold less
+    a margin) and the stream is read as tar on its way to the engine: a decompression bomb, a
+    truncated file or a malformed OCI layout ends in IntegrityError (exit 5), never a full disk.
+    """
     say = progress or (lambda _msg: None)
     source = os.fspath(path)
     if not os.path.isfile(source):
         raise UsageError(f"archive {source} not found")
-    say(f"importing {source}")
+    explicit = max_size is not None
+    cap = max_size if max_size is not None else default_max_size(client)
+    if cap is None:
+        cap = UNKNOWN_DISK_CAP
+    say(f"importing {source} (at most {cap} bytes once decompressed)")
     try:
         with open_archive(source) as reader:
             head = reader.read(BLOCK)
             kind = "oci" if head[:11] == b"oci-layout\0" else "docker-archive"
             say(f"{source}: {kind}")
-            if kind == "oci":
-                stream = docker_archive_from_oci(Prefixed(head, io.BufferedReader(reader, READ_CHUNK)))
-            else:
-                stream = _chain(head, _chunks(reader))
+            guard = _Guard(
+                Prefixed(head, io.BufferedReader(reader, READ_CHUNK)),  # type: ignore[arg-type]
+                cap=cap,
+                compressed=os.path.getsize(source),
+                ratio_check=not explicit,
+                source=source,
+                keep=kind != "oci",
+            )
+            stream = docker_archive_from_oci(guard) if kind == "oci" else _checked_docker_archive(guard)
             loaded = load_archive(client, stream)
     except KeyboardInterrupt as exc:
         raise Interrupted(f"import of {source} interrupted") from exc
-    except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-        raise EnvkitError(f"the engine refused {source}: {exc}") from exc
+    except requests.exceptions.RequestException as exc:
+        raise EngineUnreachable(f"lost the engine while importing {source}: {exc}") from exc
+    except docker.errors.APIError as exc:
+        raise IntegrityError(f"the engine refused {source}: {exc}") from exc
+    except TarFormatError as exc:
+        raise IntegrityError(f"{source} is not a complete image archive: {exc}") from exc
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise IntegrityError(f"{source} is truncated or not a valid gzip stream: {exc}") from exc
+    except IsADirectoryError as exc:
+        raise UsageError(f"cannot read {source}: {exc.strerror}") from exc
     except (io.UnsupportedOperation, OSError) as exc:
-        raise EnvkitError(f"cannot read {source}: {exc}") from exc
+        if type(exc).__name__ == "ZstdError":
+            raise IntegrityError(f"{source} is not a valid zstd stream: {exc}") from exc
+        raise UsageError(f"cannot read {source}: {exc}") from exc
+    except EnvkitError as exc:
+        if type(exc) is EnvkitError:  # the engine's own refusal, as load_archive words it
+            raise IntegrityError(str(exc), hint=exc.hint, details=exc.details) from exc
+        raise
     except Exception as exc:
         if type(exc).__name__ == "ZstdError":
             raise IntegrityError(f"{source} is not a valid zstd stream: {exc}") from exc

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 import docker
 
+from envkit.errors import IntegrityError
 from envkit.image.base import ensure_base
-from envkit.image.build import BuildPlan, plan_build, top_level_requirements
+from envkit.image.build import BuildPlan, plan_build, resolve_spec, top_level_requirements
 from envkit.image.render import builder_packages, system_packages
 from envkit.lock import python as locks
 from envkit.lock.apt import resolve_apt
-from envkit.spec.catalog import list_catalog_paths, load
+from envkit.spec.catalog import SpecRef, list_catalog_paths, load
 
 PLATFORMS = {"linux/amd64": "x86_64-manylinux_2_28", "linux/arm64": "aarch64-manylinux_2_28"}
 
@@ -56,14 +57,18 @@ def make_lock(
         plan.base_ref,
         {"system": system_packages(plan.render_input), "builder": builder_packages(plan.render_input)},
     )
-    lock = locks.LockFile(
-        spec_digest=spec.digest(),
-        source_date_epoch=spec.source_date_epoch,
-        base=base,
-        apt=pins.get("system", {}),
-        builder_apt=pins.get("builder", {}),
-        python_requirements=requirements,
-        packages=locks.parse_locked(requirements),
+    # What uv and apt answered goes through the same strict model as a lock read from disk.
+    lock = locks.parse_lock(
+        {
+            "spec_digest": spec.digest(),
+            "source_date_epoch": spec.source_date_epoch,
+            "base": base,
+            "apt": pins.get("system", {}),
+            "builder_apt": pins.get("builder", {}),
+            "python_requirements": requirements,
+            "packages": locks.parse_locked(requirements),
+        },
+        f"the new lock of {spec.ref}",
     )
     locks.write_lock(plan.ref.lock_path, lock)
     return plan, lock
@@ -82,6 +87,41 @@ def check_locks(names: list[str] | None = None) -> list[LockStatus]:
         if not ref.lock_path.is_file():
             statuses.append(LockStatus(name, "missing"))
             continue
-        lock = locks.read_lock(ref.lock_path)
-        statuses.append(LockStatus(name, "stale" if locks.is_stale(lock, ref.spec.digest()) else "fresh"))
+        lock = locks.read_lock(ref.lock_path)  # every field against its grammar: exit 2 or 5
+        if locks.is_stale(lock, ref.spec.digest()):
+            statuses.append(LockStatus(name, "stale"))
+            continue
+        check_covers_spec(ref, lock)
+        statuses.append(LockStatus(name, "fresh"))
     return statuses
+
+
+def check_covers_spec(ref: SpecRef, lock: locks.LockFile) -> None:
+    """A lock that names its spec's digest must also pin everything the spec asks for.
+
+    The digest alone proves nothing: anyone can copy it into an edited lock. So every top-level
+    requirement must be pinned (with its hashes, which the lock model already insists on) at a
+    version the requirement allows, and every apt package of the spec must have its pin.
+    """
+    from packaging.requirements import Requirement
+
+    where = str(ref.lock_path)
+    for text in top_level_requirements(ref, resolve_spec(ref)):
+        requirement = Requirement(text)
+        name = locks.normalise_name(requirement.name)
+        pinned = lock.packages.get(name)
+        if pinned is None:
+            raise IntegrityError(f"{where}: {text} from {ref.display} is not pinned in the lock")
+        if not requirement.specifier.contains(pinned.version, prereleases=True):
+            raise IntegrityError(
+                f"{where}: {name} is pinned to {pinned.version}, which {ref.display} does not allow ({text})"
+            )
+    for entry in ref.spec.apt:
+        package, _, version = entry.partition("=")
+        if package not in lock.apt:
+            raise IntegrityError(f"{where}: apt package {package} from {ref.display} has no pin in the lock")
+        if version and lock.apt[package] != version:
+            raise IntegrityError(
+                f"{where}: apt package {package} is pinned to {lock.apt[package]}, "
+                f"{ref.display} asks for {version}"
+            )

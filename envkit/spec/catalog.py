@@ -31,22 +31,32 @@ def _display(path: Path) -> str:
 
 
 def spec_path(name: str) -> Path:
-    """Map ``pytorch-cuda:2.8`` to ``images/pytorch-cuda/2.8.yaml``; a path is used as given."""
+    """Map ``pytorch-cuda:2.8`` to ``images/pytorch-cuda/2.8.yaml``; a path is used as given.
+
+    The catalog wins: NAME is read as a file only when it contains a ``/`` or ends in ``.yaml`` /
+    ``.yml``, so a stray local file called ``pytorch-cuda:2.8`` can never stand in for the catalog
+    image of that name. Write ``./FILE`` to mean a local file.
+    """
     candidate = Path(name)
-    if name.endswith((".yaml", ".yml")) or candidate.is_file():
+    if "/" in name or name.endswith((".yaml", ".yml")):
         if not candidate.is_file():
             raise UsageError(f"spec file {name} does not exist")
         return candidate
     image, sep, tag = name.partition(":")
-    if not sep or not image or not tag or "/" in image or "/" in tag or ".." in name:
+    if not sep or not image or not tag or ".." in name:
+        hint = "`envkit list` shows the catalog"
+        if candidate.is_file():
+            hint = f"to use the local file, write ./{name}; {hint}"
         raise UsageError(
-            f"{name!r} is neither a catalog name like pytorch-cuda:2.8 nor a spec file",
-            hint="`envkit list` shows the catalog",
+            f"{name!r} is neither a catalog name like pytorch-cuda:2.8 nor a spec file", hint=hint
         )
     path = images_dir() / image / f"{tag}.yaml"
     if not path.is_file():
         known = ", ".join(ref for ref, _ in list_catalog_paths()) or "none"
-        raise UsageError(f"no catalog image {name}", hint=f"known images: {known}")
+        hint = f"known images: {known}"
+        if candidate.is_file():
+            hint += f"; catalog names win over local files: write ./{name} to use the file"
+        raise UsageError(f"no catalog image {name}", hint=hint)
     return path
 
 

@@ -52,20 +52,22 @@ _CHAR_NAMES = {
     " ": "space",
 }
 
-PIP_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
-APT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.\-]+$")
-APT_VERSION_RE = re.compile(r"^[A-Za-z0-9.+~:\-]+$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-LABEL_KEY_RE = re.compile(r"^[a-z0-9]([a-z0-9.\-]*[a-z0-9])?$")
-IMAGE_NAME_RE = re.compile(r"^[a-z0-9]+([._\-][a-z0-9]+)*$")
-IMAGE_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
-DIGEST_REF_RE = re.compile(r"^[a-z0-9]+([._\-/][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9._\-]+)*@sha256:[0-9a-f]{64}$")
-MIRROR_RE = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]+)?(/[A-Za-z0-9._~\-/]*)?$")
-SUITE_RE = re.compile(r"^[a-z]+(-[a-z]+)?$")
-USER_RE = re.compile(r"^[a-z_][a-z0-9_\-]{0,31}$")
-VERSION_RE = re.compile(r"^\d+\.\d+(\.\d+)?$")
-PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
-CUDA_RE = re.compile(r"^(\d+\.\d+|cpu)$")
+PIP_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?\Z")
+APT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.\-]+\Z")
+APT_VERSION_RE = re.compile(r"^[A-Za-z0-9.+~:\-]+\Z")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+LABEL_KEY_RE = re.compile(r"^[a-z0-9]([a-z0-9.\-]*[a-z0-9])?\Z")
+IMAGE_NAME_RE = re.compile(r"^[a-z0-9]+([._\-][a-z0-9]+)*\Z")
+IMAGE_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}\Z")
+DIGEST_REF_RE = re.compile(r"^[a-z0-9]+([._\-/][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9._\-]+)*@sha256:[0-9a-f]{64}\Z")
+MIRROR_RE = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]+)?(/[A-Za-z0-9._~\-/]*)?\Z")
+SUITE_RE = re.compile(r"^[a-z]+(-[a-z]+)?\Z")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_\-]{0,31}\Z")
+VERSION_RE = re.compile(r"^\d+\.\d+(\.\d+)?\Z")
+PYTHON_RE = re.compile(r"^3\.\d{1,2}\Z")
+CUDA_RE = re.compile(r"^(\d+\.\d+|cpu)\Z")
+RESERVED_LABEL_PREFIX = "io.envkit."
+MAX_SPEC_BYTES = 1 << 20
 
 
 def describe_char(char: str) -> str:
@@ -279,6 +281,10 @@ class ImageSpec(_Strict):
             if not LABEL_KEY_RE.match(key):
                 bad = first_bad_char(key, r"a-z0-9.\-") or key[:1]
                 raise ValueError(f"{describe_char(bad)} is not allowed in label key {key!r}")
+            if key == RESERVED_LABEL_PREFIX.rstrip(".") or key.startswith(RESERVED_LABEL_PREFIX):
+                raise ValueError(
+                    f"label key {key!r} is reserved: envkit sets the {RESERVED_LABEL_PREFIX}* labels itself"
+                )
             check_chars(item, _VALUE_CHARS, f"the value of label {key}")
         return value
 
@@ -325,14 +331,59 @@ def parse_spec(data: Any, source: str) -> ImageSpec:
         raise SpecError(source, _field_path(tuple(first["loc"])), message) from None
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """Safe YAML that refuses what a spec never needs: duplicate keys, anchors and aliases."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, "anchors and aliases are not allowed in a spec", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a mapping key must be a plain value", key_node.start_mark
+                ) from None
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_spec_text(raw: bytes, source: str) -> ImageSpec:
+    """Decode, parse and validate a spec file's bytes; every failure is a SpecError (exit 2)."""
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(source, "", f"the file is larger than {MAX_SPEC_BYTES} bytes; a spec is a few lines")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(source, "", f"not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise SpecError(source, "", f"not valid YAML: {exc}") from None
+    except RecursionError:
+        raise SpecError(source, "", "nested too deeply") from None
+    try:
+        return parse_spec(data, source)
+    except RecursionError:
+        raise SpecError(source, "", "nested too deeply") from None
+
+
 def load_spec(path: Path, *, display: str | None = None) -> ImageSpec:
     source = display or str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise SpecError(source, "", f"cannot read spec: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(source, "", f"not valid YAML: {exc}") from None
-    return parse_spec(data, source)
+    return parse_spec_text(raw, source)

@@ -366,3 +366,56 @@ def test_run_command_refuses_bad_input_with_exit_2(tmp_path: Path, monkeypatch: 
     assert cli_module.main(["run", "envkit-test/x:1", "--jupyter", "--bind", "not-an-ip"]) == 2
     assert cli_module.main(["run", "envkit-test/x:1", "-e", "ENVKIT_SERVICES=ssh", "--", "true"]) == 2
     assert cli_module.main(["stop"]) == 2
+
+
+def test_stop_refuses_a_state_dir_label_that_climbs_out_of_its_run_directory(state_dir: Path) -> None:
+    runs = state_dir / "run"
+    (runs / "other").mkdir(parents=True)
+    (runs / "other" / "jupyter_token").write_text("secret")
+    (runs / "evil").mkdir()
+    (state_dir / "keep").write_text("x")
+    client = FakeClient()
+    client.containers.existing.append(
+        FakeContainer("evil", {"labels": {devrun.MANAGED_LABEL: "true", devrun.STATE_LABEL: str(runs / "..")}})
+    )
+    assert devrun.stop(client, ["evil"]) == ["evil"]
+    assert (runs / "other" / "jupyter_token").read_text() == "secret"
+    assert (state_dir / "keep").exists()
+    assert (runs / "evil").is_dir()  # the label did not match: nothing is removed on its word
+
+
+def test_stop_refuses_a_state_dir_label_naming_another_container(state_dir: Path) -> None:
+    runs = state_dir / "run"
+    (runs / "other").mkdir(parents=True)
+    client = FakeClient()
+    client.containers.existing.append(
+        FakeContainer("evil", {"labels": {devrun.MANAGED_LABEL: "true",
+                                          devrun.STATE_LABEL: str(runs / "evil" / ".." / "other")}})
+    )
+    devrun.stop(client, ["evil"])
+    assert (runs / "other").is_dir()
+
+
+def test_stop_refuses_a_state_dir_that_is_a_symlink(state_dir: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (state_dir / "run").mkdir(parents=True)
+    (state_dir / "run" / "link").symlink_to(victim)
+    client = FakeClient()
+    client.containers.existing.append(
+        FakeContainer("link", {"labels": {devrun.MANAGED_LABEL: "true",
+                                          devrun.STATE_LABEL: str(state_dir / "run" / "link")}})
+    )
+    devrun.stop(client, ["link"])
+    assert victim.is_dir()
+
+
+def test_ps_refuses_escape_sequences_and_unknown_services_from_labels() -> None:
+    client = FakeClient()
+    client.containers.existing.append(
+        FakeContainer("odd", {"labels": {devrun.MANAGED_LABEL: "true", devrun.IMAGE_LABEL: "img\x1b[2J\x07",
+                                         devrun.SERVICES_LABEL: "jupyter,\x1b]0;pwn\x07"}})
+    )
+    [found] = devrun.list_managed(client)
+    assert found.image == "img[2J"
+    assert found.services == ("jupyter",)

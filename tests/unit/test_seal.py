@@ -397,12 +397,13 @@ class _FakeClient:
 def test_export_writes_zstd_atomically_and_import_reads_it_back(tmp_path: Path) -> None:
     from envkit.image.archive import export_image, import_image
 
-    payload = [b"a" * 100_000, b"b" * 50_000]
+    saved = _make_tar([("a", b"a" * 100_000, {}), ("b", b"b" * 50_000, {})], EPOCH)
+    payload = [saved[:70_000], saved[70_000:]]
     api = _FakeApi(payload)
     out = tmp_path / "sub" / "demo.tar.zst"
     result = export_image(_FakeClient(api), "demo:1", out)
     assert out.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
-    assert result.uncompressed_bytes == 150_000 and result.compressed_bytes == out.stat().st_size
+    assert result.uncompressed_bytes == len(saved) and result.compressed_bytes == out.stat().st_size
     assert [p.name for p in out.parent.iterdir()] == ["demo.tar.zst"]
     imported = import_image(_FakeClient(api), out)
     assert api.loaded == b"".join(payload)

@@ -112,3 +112,81 @@ def test_bad_yaml_is_a_spec_error(tmp_path: Path) -> None:
     path.write_text("name: [unclosed\n")
     with pytest.raises(SpecError, match="not valid YAML"):
         load_spec(path)
+
+
+@pytest.mark.parametrize("key", ["io.envkit.managed", "io.envkit.state-dir", "io.envkit"])
+def test_spec_refuses_reserved_io_envkit_labels(key: str) -> None:
+    with pytest.raises(SpecError, match="reserved") as caught:
+        parse_spec({**GOOD, "labels": {key: "x"}}, "s.yaml")
+    assert caught.value.exit_code == 2 and "labels" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"env": {"A\n": "x"}},
+        {"labels": {"com.example\n": "x"}},
+        {"base": {"bootstrap": {"suite": "bookworm\n"}}},
+        {"python": "3.11\n"},
+        {"torchvision": "0.23.0\n"},
+        {"torch": {"version": "2.8.0\n", "cuda": "12.8"}},
+        {"torch": {"version": "2.8.0", "cuda": "12.8\n"}},
+        {"tag": "2.8\n"},
+        {"name": "pytorch-cuda\n"},
+        {"user": {"name": "envkit\n"}},
+    ],
+)
+def test_spec_refuses_a_trailing_newline_that_dollar_anchors_accepted(patch: dict[str, object]) -> None:
+    with pytest.raises(SpecError):
+        parse_spec({**GOOD, **patch}, "s.yaml")
+
+
+def test_spec_refuses_duplicate_yaml_keys(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(yaml.safe_dump(GOOD) + "python: '3.12'\n")
+    with pytest.raises(SpecError, match="duplicate key 'python'") as caught:
+        load_spec(path)
+    assert str(path) in str(caught.value)
+
+
+def test_spec_refuses_non_utf8_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(yaml.safe_dump(GOOD).encode() + b"description: caf\xe9\n")
+    with pytest.raises(SpecError, match="not UTF-8") as caught:
+        load_spec(path)
+    assert caught.value.exit_code == 2
+
+
+def test_spec_refuses_deeply_nested_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("env: " + "[" * 20000 + "]" * 20000 + "\n")
+    with pytest.raises(SpecError):
+        load_spec(path)
+
+
+def test_spec_refuses_yaml_aliases(tmp_path: Path) -> None:
+    path = tmp_path / "alias.yaml"
+    path.write_text("a: &x [1, 2]\nb: [*x, *x, *x]\n")
+    with pytest.raises(SpecError, match="anchors and aliases are not allowed"):
+        load_spec(path)
+
+
+def test_a_local_file_named_like_a_catalog_entry_does_not_shadow_the_catalog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from envkit.spec.catalog import load
+
+    data = {**GOOD, "description": "shadow"}
+    (tmp_path / "pytorch-cuda:2.8").write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path)
+    assert load("pytorch-cuda:2.8").spec.description != "shadow"
+    assert load("./pytorch-cuda:2.8").spec.description == "shadow"
+
+
+def test_spec_cli_errors_are_exit_2_never_1(tmp_path: Path) -> None:
+    from envkit.cli import app as cli_module
+
+    for name, body in [("a.yaml", b"\xff\xfe"), ("b.yaml", b"a: 1\na: 2\n"), ("c.yaml", b"[" * 50000)]:
+        path = tmp_path / name
+        path.write_bytes(body)
+        assert cli_module.main(["render", str(path)]) == 2

@@ -1,0 +1,69 @@
+"""What each field of a lock file may hold, by the grammar of the tool that reads it.
+
+Lock files travel between people and machines, so every value is checked on the way in:
+Debian package names and versions (Debian Policy 5.6.1 and 5.6.12), Python distribution names
+(PEP 503) and versions (PEP 440), sha256 digests, and no control characters anywhere.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+# Policy 5.6.1: lower case letters, digits, + - . ; at least two characters, starting alphanumeric.
+DEBIAN_NAME_RE = re.compile(r"[a-z0-9][a-z0-9+.\-]+")
+# Policy 5.6.12: [epoch:]upstream_version[-debian_revision]. The upstream part starts with a digit;
+# a hyphen is allowed only when a revision follows, so the version cannot end with one.
+DEBIAN_VERSION_RE = re.compile(r"(?:[0-9]+:)?[0-9](?:[A-Za-z0-9.+~\-]*[A-Za-z0-9.+~])?")
+SHA256_HEX_RE = re.compile(r"[0-9a-f]{64}")
+SHA256_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+# A PEP 508 name, before normalisation.
+PYTHON_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._\-]*[A-Za-z0-9])?")
+
+
+def control_char(text: str, *, allow_newline: bool = False) -> str | None:
+    """The first control or format character in ``text`` (newline allowed when asked), or None."""
+    for char in text:
+        if char == "\n" and allow_newline:
+            continue
+        if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
+            return char
+    return None
+
+
+def check_debian_name(name: str) -> str:
+    if not DEBIAN_NAME_RE.fullmatch(name):
+        raise ValueError(f"{name!r} is not a Debian package name (Debian Policy 5.6.1)")
+    return name
+
+
+def check_debian_version(version: str) -> str:
+    if not DEBIAN_VERSION_RE.fullmatch(version):
+        raise ValueError(f"{version!r} is not a Debian version (Debian Policy 5.6.12)")
+    return version
+
+
+def check_python_name(name: str) -> str:
+    """A distribution name already in its PEP 503 normal form."""
+    if not PYTHON_NAME_RE.fullmatch(name) or canonicalize_name(name) != name:
+        raise ValueError(f"{name!r} is not a normalised distribution name (PEP 503)")
+    return name
+
+
+def check_python_version(version: str) -> str:
+    try:
+        parsed = Version(version)
+    except InvalidVersion:
+        raise ValueError(f"{version!r} is not a PEP 440 version") from None
+    if control_char(version) or version != version.strip() or " " in version or str(parsed) == "":
+        raise ValueError(f"{version!r} is not a PEP 440 version")
+    return version
+
+
+def check_sha256_hex(digest: str) -> str:
+    if not SHA256_HEX_RE.fullmatch(digest):
+        raise ValueError(f"{digest!r} is not a sha256 digest (exactly 64 lower-case hex digits)")
+    return digest
