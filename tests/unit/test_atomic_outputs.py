@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from pathlib import Path
 
 import pytest
@@ -34,15 +35,27 @@ def test_output_refuses_a_socket(tmp_path: Path) -> None:
         server.close()
 
 
+def _private_null(tmp_path: Path) -> Path:
+    """A character device of the test's own (the null device's numbers), never the host's /dev/null:
+    if the check regressed, the test must not replace a device the machine depends on."""
+    device = tmp_path / "null"
+    try:
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a device node needs root")
+    return device
+
+
 def test_output_refuses_a_character_device_and_a_link_to_one(tmp_path: Path) -> None:
+    device = _private_null(tmp_path)
     with pytest.raises(UsageError, match="character device"):
-        write_text(Path("/dev/null"), "x")
-    link = tmp_path / "null"
-    link.symlink_to("/dev/null")
+        write_text(device, "x")
+    link = tmp_path / "link"
+    link.symlink_to(device)
     with pytest.raises(UsageError, match="character device"):
         write_text(link, "x")
     assert link.is_symlink()
-    assert Path("/dev/null").is_char_device()
+    assert device.is_char_device()
 
 
 def test_output_refuses_a_directory(tmp_path: Path) -> None:
@@ -61,7 +74,9 @@ def test_output_refuses_an_unwritable_place_naming_the_path(tmp_path: Path) -> N
 
 
 def test_render_output_to_a_device_or_unwritable_place_is_exit_2(tmp_path: Path) -> None:
-    assert cli_module.main(["render", "pytorch-cuda:2.8", "-o", "/dev/null"]) == 2
+    device = _private_null(tmp_path)
+    assert cli_module.main(["render", "pytorch-cuda:2.8", "-o", str(device)]) == 2
+    assert device.is_char_device()
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert cli_module.main(["render", "pytorch-cuda:2.8", "-o", str(blocker / "Dockerfile")]) == 2
