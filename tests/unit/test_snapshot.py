@@ -8,16 +8,35 @@ from pathlib import Path
 import pytest
 
 from envkit.errors import IntegrityError, UsageError
-from envkit.record.snapshot import (
+from envkit.lock.python import LockFile
+from envkit.record.manifest import (
     SCHEMA_VERSION,
     ImageRecord,
     Manifest,
     StackVersions,
     content_digest,
-    python_packages_against_lock,
     read_manifest,
     write_manifest,
 )
+from envkit.record.snapshot import python_packages_against_lock
+from envkit.spec.model import ImageSpec
+
+
+def make_spec(**fields: object) -> ImageSpec:
+    """A valid spec; ``fields`` override the top-level fields."""
+    data: dict[str, object] = {
+        "name": "x", "tag": "1", "python": "3.11", "base": {"bootstrap": {"suite": "bookworm"}},
+        "torch": {"version": "2.8.0", "cuda": "12.8"}, "source_date_epoch": 1761955200,
+    }
+    return ImageSpec.model_validate({**data, **fields})
+
+
+def make_lock(spec: ImageSpec, packages: dict[str, dict[str, object]], **fields: object) -> LockFile:
+    data: dict[str, object] = {
+        "spec_digest": spec.digest(), "source_date_epoch": spec.source_date_epoch,
+        "python_requirements": "", "packages": packages,
+    }
+    return LockFile.model_validate({**data, **fields})
 
 
 def _manifest() -> Manifest:
@@ -25,16 +44,17 @@ def _manifest() -> Manifest:
         "torch": {"version": "2.8.0", "record_sha256": "sha256:" + "1" * 64},
         "six": {"version": "1.17.0", "record_sha256": "sha256:" + "2" * 64},
     }
-    lock = {"packages": {"torch": {"version": "2.8.0", "hashes": ["sha256:" + "a" * 64]},
-                         "six": {"version": "1.16.0", "hashes": ["sha256:" + "b" * 64]}}}
+    spec = make_spec()
+    lock = make_lock(spec, {"torch": {"version": "2.8.0", "hashes": ["sha256:" + "a" * 64]},
+                            "six": {"version": "1.16.0", "hashes": ["sha256:" + "b" * 64]}})
     packages, mismatches = python_packages_against_lock(installed, lock)
     return Manifest(
         schema_version=SCHEMA_VERSION,
         envkit_version="0.1.0",
         source="images/pytorch-cuda/2.8.yaml",
         image=ImageRecord(id="sha256:" + "c" * 64, layers=["sha256:" + "d" * 64], tags=["envkit/x:1"], size=10),
-        spec={"name": "x", "tag": "1"},
-        spec_digest="sha256:" + "e" * 64,
+        spec=spec,
+        spec_digest=spec.digest(),
         lock=lock,
         base={"ref": "envkit/debian:bookworm"},
         source_date_epoch=1761955200,
