@@ -115,7 +115,8 @@ def top_level_requirements(ref: SpecRef, resolved: compat.Resolved) -> list[str]
 def _base_for(ref: SpecRef) -> tuple[BasePlan | None, str]:
     spec = ref.spec
     if spec.base.bootstrap is not None:
-        plan = BasePlan(bootstrap=spec.base.bootstrap, source_date_epoch=spec.source_date_epoch)
+        plan = BasePlan(bootstrap=spec.base.bootstrap, source_date_epoch=spec.source_date_epoch,
+                        platform=spec.platform)
         return plan, plan.tag
     assert spec.base.image is not None
     return None, spec.base.image
