@@ -128,3 +128,74 @@ def test_failed_write_keeps_the_previous_manifest(tmp_path: Path, monkeypatch: p
         write_manifest(path, _manifest().model_copy(update={"source": "elsewhere"}))
     assert path.read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
+
+
+def _catalog_manifest(name: str = "resnet:2.8") -> Manifest:
+    """A manifest of a catalog image as snapshot records it (image facts made up)."""
+    from envkit.lock.python import read_lock
+    from envkit.spec.catalog import load
+
+    ref = load(name)
+    manifest = _manifest()
+    return manifest.model_copy(update={"spec": ref.spec, "spec_digest": ref.spec.digest(),
+                                       "lock": read_lock(ref.lock_path), "source": ref.display})
+
+
+def test_restore_plans_from_the_manifest_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from envkit.image.build import plan_build
+    from envkit.record.snapshot import plan_from_manifest
+
+    manifest = _catalog_manifest()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+
+    def no_writes(*args: object, **kwargs: object) -> None:
+        raise AssertionError("restore planning wrote a file")
+
+    monkeypatch.setattr(Path, "write_text", no_writes)
+    monkeypatch.setattr(Path, "write_bytes", no_writes)
+    plan = plan_from_manifest(manifest, environ={})
+    assert list(tmp_path.iterdir()) == []
+    original = plan_build("resnet:2.8", environ={})
+    assert plan.dockerfile == original.dockerfile
+    assert plan.requirements == original.requirements and plan.lock_digest == original.lock_digest
+
+
+def test_restore_refuses_a_spec_that_does_not_match_its_digest() -> None:
+    from envkit.record.snapshot import plan_from_manifest
+
+    manifest = _catalog_manifest()
+    edited = manifest.model_copy(update={"spec": manifest.spec.model_copy(update={"tag": "2.9"})})
+    with pytest.raises(IntegrityError, match="digests to"):
+        plan_from_manifest(edited, environ={})
+
+
+def test_restore_refuses_a_lock_made_for_another_spec() -> None:
+    from envkit.errors import CompatError
+    from envkit.record.snapshot import plan_from_manifest
+
+    manifest = _catalog_manifest()
+    other = manifest.lock.model_copy(update={"spec_digest": "sha256:" + "0" * 64})
+    with pytest.raises(CompatError, match="stale"):
+        plan_from_manifest(manifest.model_copy(update={"lock": other}), environ={})
+
+
+def test_a_spec_tag_cannot_name_a_path(tmp_path: Path) -> None:
+    """The spec is parsed with the spec model, so a tag like ../../x never reaches a file name."""
+    data = _manifest().model_dump(mode="json")
+    data["spec"]["tag"] = "../../outside"
+    data["digest"] = content_digest(data)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(IntegrityError, match="spec.tag") as info:
+        read_manifest(path)
+    assert info.value.exit_code == 5
+
+
+def test_manifests_without_a_lock_written_as_an_empty_object_still_read(tmp_path: Path) -> None:
+    data = _manifest().model_dump(mode="json")
+    data["lock"] = {}
+    data["digest"] = content_digest(data)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(data))
+    assert read_manifest(path).lock is None
