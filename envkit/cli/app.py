@@ -290,11 +290,10 @@ def restore(
         return
     from envkit.record.diff import diff_images
     from envkit.record.diff import render as render_diff
-    from envkit.record.snapshot import diff_view
 
     console.warning(f"restored {result.image_id[:19]}, not the manifest's {manifest.image.id[:19]}: "
                     "reading the image to explain the difference (a few minutes for a large one)")
-    difference = diff_images(client, diff_view(manifest), result.image_id)
+    difference = diff_images(client, manifest, result.image_id)
     render_diff(difference, console.console)
     raise ReproMismatch(f"restored {result.image_id}, the manifest records {manifest.image.id}")
 

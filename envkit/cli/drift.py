@@ -52,9 +52,8 @@ def finish_restore(
     if base.image_id != manifest.image.id:
         from envkit.record.diff import diff_images
         from envkit.record.diff import render as render_diff
-        from envkit.record.snapshot import diff_view
 
-        render_diff(diff_images(client, diff_view(manifest), base.image_id), console.console)
+        render_diff(diff_images(client, manifest, base.image_id), console.console)
         raise ReproMismatch(
             f"restored base {base.image_id}, the manifest records {manifest.image.id}; "
             "no drift layer was built"

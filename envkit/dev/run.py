@@ -34,12 +34,13 @@ import docker
 import docker.errors
 import docker.types
 
+from envkit import labels as label_keys
 from envkit.errors import EnvkitError, GpuHostNotReady, UsageError, VerificationFailed
 
-MANAGED_LABEL = "io.envkit.managed"
-SERVICES_LABEL = "io.envkit.services"
-IMAGE_LABEL = "io.envkit.image"
-STATE_LABEL = "io.envkit.state-dir"
+MANAGED_LABEL = label_keys.MANAGED
+SERVICES_LABEL = label_keys.SERVICES
+IMAGE_LABEL = label_keys.IMAGE
+STATE_LABEL = label_keys.STATE_DIR
 
 SERVICES = ("jupyter", "tensorboard", "ssh")
 # Where each service listens inside the container (fixed by the image's entrypoint and configs).
@@ -400,7 +401,7 @@ def plan_run(
         ) from None
     config = image_obj.attrs.get("Config") or {}
     uid = _image_uid(config)
-    variant = (config.get("Labels") or {}).get("io.envkit.variant")
+    variant = (config.get("Labels") or {}).get(label_keys.VARIANT)
     if wanted and variant != "dev":
         raise UsageError(
             f"{image} is not a dev image (variant {variant or 'unknown'}); --jupyter, --tensorboard and "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import tarfile
 import tempfile
 from collections.abc import Iterable
@@ -19,6 +18,9 @@ from typing import Any
 
 import docker
 
+from envkit import digests
+from envkit.jsonio import canonical_bytes
+
 CHUNK = 4 * 1024 * 1024
 
 
@@ -27,15 +29,11 @@ def rfc3339(epoch: int) -> str:
 
 
 def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return canonical_bytes(value)
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
+    return "sha256:" + digests.sha256_file(path)
 
 
 def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes, mtime: int) -> None:

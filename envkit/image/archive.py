@@ -28,12 +28,14 @@ import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import docker
 import docker.errors
 import requests.exceptions
 
+from envkit.atomic import open_atomic
 from envkit.errors import EngineUnreachable, EnvkitError, IntegrityError, Interrupted, UsageError
 from envkit.image.seal import (
     BLOCK,
@@ -48,6 +50,7 @@ from envkit.image.seal import (
     normalize_name,
     tar_header,
 )
+from envkit.jsonio import canonical_bytes
 
 FORMATS = ("docker-archive", "oci")
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -129,7 +132,6 @@ def export_image(
     directory = os.path.dirname(target)
     os.makedirs(directory, exist_ok=True)
     zstd = _zstd()
-    fd, tmp_path = tempfile.mkstemp(prefix=".envkit-export-", suffix=".part", dir=directory)
     # A saved archive of an ID carries no tags; saving by name keeps the name in manifest.json.
     tagged = not image.startswith("sha256:") and image in (attrs.get("RepoTags") or [])
     save_ref = image if tagged else attrs["Id"]
@@ -137,7 +139,8 @@ def export_image(
     spool = tempfile.mkdtemp(prefix=".envkit-export-", dir=directory) if fmt == "oci" else None
     try:
         say(f"exporting {image} ({attrs['Id'][7:19]}) to {target} as {fmt} with zstd -{level}")
-        with os.fdopen(fd, "wb", buffering=0) as raw:
+        # The archive appears at target only once complete and fsynced; any failure removes it.
+        with open_atomic(Path(target)) as raw:
             cctx = zstd.ZstdCompressor(level=level, threads=threads, write_checksum=True)
             with cctx.stream_writer(raw, closefd=False) as writer:
                 saved = client.api.get_image(save_ref, chunk_size=SAVE_CHUNK)
@@ -145,24 +148,14 @@ def export_image(
                 for chunk in chunks:
                     writer.write(chunk)
                     raw_bytes += len(chunk)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp_path, target)
-        _fsync_dir(directory)
     except KeyboardInterrupt as exc:
-        _unlink(tmp_path)
         raise Interrupted(f"export of {image} interrupted; {target} was not written") from exc
     except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-        _unlink(tmp_path)
         raise EnvkitError(f"exporting {image} failed: {exc}") from exc
     except OSError as exc:
-        _unlink(tmp_path)
         if exc.errno == errno.ENOSPC:
             raise EnvkitError(f"disk full while exporting {image} to {target}") from exc
         raise EnvkitError(f"exporting {image} to {target} failed: {exc}") from exc
-    except BaseException:
-        _unlink(tmp_path)
-        raise
     finally:
         if spool is not None:
             shutil.rmtree(spool, ignore_errors=True)
@@ -179,26 +172,6 @@ def export_image(
     )
 
 
-def _fsync_dir(directory: str) -> None:
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 def _entry(name: str, data: bytes | None = None, *, size: int | None = None) -> bytes:
     info = tarfile.TarInfo(name)
     if data is None and size is None:
@@ -212,7 +185,7 @@ def _entry(name: str, data: bytes | None = None, *, size: int | None = None) -> 
 
 
 def _canonical(value: object) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return canonical_bytes(value)
 
 
 def oci_layout(saved: Iterator[bytes], spool: str, ref: str | None) -> Iterator[bytes]:

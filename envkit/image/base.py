@@ -18,9 +18,11 @@ from pathlib import Path
 
 import docker
 
+from envkit import labels
 from envkit.engine.client import image_exists
 from envkit.engine.dockerarchive import load_image, rfc3339, sha256_file
 from envkit.errors import BuildFailed, Interrupted, NetworkError, UsageError
+from envkit.platforms import DEFAULT_PLATFORM, architecture
 from envkit.spec.model import Bootstrap
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -32,12 +34,15 @@ MMDEBSTRAP_SKIP = ("output/dev", "output/mknod")
 class BasePlan:
     bootstrap: Bootstrap
     source_date_epoch: int
+    platform: str = DEFAULT_PLATFORM
 
     @property
     def key(self) -> str:
-        text = "|".join(
-            [self.bootstrap.suite, self.bootstrap.mirror, self.bootstrap.variant, str(self.source_date_epoch)]
-        )
+        bootstrap = self.bootstrap
+        parts = [bootstrap.suite, bootstrap.mirror, bootstrap.variant, str(self.source_date_epoch)]
+        if self.platform != DEFAULT_PLATFORM:  # amd64 bases keep the tags they always had
+            parts.append(self.platform)
+        text = "|".join(parts)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @property
@@ -96,21 +101,22 @@ def bootstrap_rootfs(plan: BasePlan, out: Path, *, log: Callable[[str], None] | 
     return sha256_file(out)
 
 
-def base_config(plan: BasePlan, diff_id: str) -> dict[str, object]:
+def base_config(plan: BasePlan, diff_id: str, platform: str = DEFAULT_PLATFORM) -> dict[str, object]:
+    """The base image's config; ``platform`` is the spec's (the rootfs is bootstrapped for it)."""
     created = rfc3339(plan.source_date_epoch)
     return {
-        "architecture": "amd64",
+        "architecture": architecture(platform),
         "os": "linux",
         "created": created,
         "config": {
             "Env": [f"PATH={DEFAULT_PATH}"],
             "Cmd": ["bash"],
             "Labels": {
-                "io.envkit.base.suite": plan.bootstrap.suite,
-                "io.envkit.base.mirror": plan.bootstrap.mirror,
-                "io.envkit.base.variant": plan.bootstrap.variant,
-                "io.envkit.base.rootfs": diff_id,
-                "io.envkit.source-date-epoch": str(plan.source_date_epoch),
+                labels.BASE_SUITE: plan.bootstrap.suite,
+                labels.BASE_MIRROR: plan.bootstrap.mirror,
+                labels.BASE_VARIANT: plan.bootstrap.variant,
+                labels.BASE_ROOTFS: diff_id,
+                labels.SOURCE_DATE_EPOCH: str(plan.source_date_epoch),
             },
         },
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
@@ -136,11 +142,11 @@ def ensure_base(
     """Bootstrap and load the base unless an image with its tag already exists."""
     if not force and image_exists(client, plan.tag):
         image = client.images.get(plan.tag)
-        rootfs = (image.labels or {}).get("io.envkit.base.rootfs", "")
+        rootfs = (image.labels or {}).get(labels.BASE_ROOTFS, "")
         return BaseResult(tag=plan.tag, image_id=image.id, rootfs_sha256=rootfs, created=False)
     with tempfile.TemporaryDirectory(prefix="envkit-base-") as tmp:
         rootfs = Path(tmp) / "rootfs.tar"
         diff_id = bootstrap_rootfs(plan, rootfs, log=log)
-        config = base_config(plan, diff_id)
+        config = base_config(plan, diff_id, plan.platform)
         image_id = load_image(client, config, [(diff_id, rootfs)], [plan.tag], workdir=Path(tmp))
     return BaseResult(tag=plan.tag, image_id=image_id, rootfs_sha256=diff_id, created=True)

@@ -115,7 +115,8 @@ def top_level_requirements(ref: SpecRef, resolved: compat.Resolved) -> list[str]
 def _base_for(ref: SpecRef) -> tuple[BasePlan | None, str]:
     spec = ref.spec
     if spec.base.bootstrap is not None:
-        plan = BasePlan(bootstrap=spec.base.bootstrap, source_date_epoch=spec.source_date_epoch)
+        plan = BasePlan(bootstrap=spec.base.bootstrap, source_date_epoch=spec.source_date_epoch,
+                        platform=spec.platform)
         return plan, plan.tag
     assert spec.base.image is not None
     return None, spec.base.image
@@ -139,11 +140,31 @@ def plan_build(
     manifest came from, so its build inputs equal the original build's).
     """
     ref = load(name)
+    lock = read_fresh_lock(ref) if use_lock else None
+    return plan_for_spec(
+        ref, lock, ca_bundle=ca_bundle, with_requirements=with_requirements, environ=environ,
+        offline_index=offline_index, source=source,
+    )
+
+
+def plan_for_spec(
+    ref: SpecRef,
+    lock: Any,
+    *,
+    ca_bundle: str | None = None,
+    with_requirements: bool = True,
+    environ: dict[str, str] | None = None,
+    offline_index: str | None = None,
+    source: str | None = None,
+) -> BuildPlan:
+    """``plan_build`` for a spec and lock already in memory (a manifest's); nothing is read from
+    ``ref.path``. A lock made for another spec is refused, as a stale lock file is."""
+    if lock is not None:
+        check_lock_fresh(ref, lock)
     resolved = resolve_spec(ref)
     base_plan, base_ref = _base_for(ref)
     bundle = detect_ca_bundle(ca_bundle, environ)
 
-    lock = read_fresh_lock(ref) if use_lock else None
     requirements, lock_digest, lock_source = None, None, "none"
     if lock is not None:
         from envkit.lock import python as locks
@@ -189,7 +210,13 @@ def read_fresh_lock(ref: SpecRef) -> Any:
 
     if not ref.lock_path.is_file():
         return None
-    lock = locks.read_lock(ref.lock_path)
+    return check_lock_fresh(ref, locks.read_lock(ref.lock_path))
+
+
+def check_lock_fresh(ref: SpecRef, lock: Any) -> Any:
+    """``lock``, unless it no longer matches the spec (a CompatError naming the lock file)."""
+    from envkit.lock import python as locks
+
     if locks.is_stale(lock, ref.spec.digest()):
         raise CompatError(
             f"{ref.lock_path.name} is stale against {ref.display}",

@@ -18,9 +18,8 @@ from envkit.image.build import BuildPlan, plan_build, resolve_spec, top_level_re
 from envkit.image.render import builder_packages, system_packages
 from envkit.lock import python as locks
 from envkit.lock.apt import resolve_apt
+from envkit.platforms import uv_platform
 from envkit.spec.catalog import SpecRef, list_catalog_paths, load
-
-PLATFORMS = {"linux/amd64": "x86_64-manylinux_2_28", "linux/arm64": "aarch64-manylinux_2_28"}
 
 
 def make_lock(
@@ -33,7 +32,7 @@ def make_lock(
     requirements = locks.lock_requirements(
         top_level_requirements(plan.ref, plan.resolved),
         python=spec.python,
-        platform=PLATFORMS[spec.platform],
+        platform=uv_platform(spec.platform),
         index_url=plan.resolved.index_url,
     )
     base: dict[str, str] = {"ref": plan.base_ref}

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import jinja2
 
 from envkit import __version__
+from envkit import labels as label_keys
 from envkit.resources import templates_dir
 from envkit.spec.model import ImageSpec
 
@@ -79,22 +80,22 @@ def labels_for(data: RenderInput) -> dict[str, str]:
         "org.opencontainers.image.version": spec.tag,
         "org.opencontainers.image.vendor": "envkit",
         "org.opencontainers.image.base.name": data.base_ref,
-        "io.envkit.name": spec.ref,
-        "io.envkit.variant": spec.variant,
-        "io.envkit.spec-digest": spec.digest(),
-        "io.envkit.envkit-version": __version__,
-        "io.envkit.python": spec.python,
-        "io.envkit.torch": data.torch,
-        "io.envkit.cuda": data.cuda,
-        "io.envkit.arch-list": ",".join(data.arch_list),
-        "io.envkit.source-date-epoch": str(spec.source_date_epoch),
+        label_keys.NAME: spec.ref,
+        label_keys.VARIANT: spec.variant,
+        label_keys.SPEC_DIGEST: spec.digest(),
+        label_keys.ENVKIT_VERSION: __version__,
+        label_keys.PYTHON: spec.python,
+        label_keys.TORCH: data.torch,
+        label_keys.CUDA: data.cuda,
+        label_keys.ARCH_LIST: ",".join(data.arch_list),
+        label_keys.SOURCE_DATE_EPOCH: str(spec.source_date_epoch),
     }
     optional = {
-        "io.envkit.torchvision": data.torchvision,
-        "io.envkit.cudnn": data.cudnn,
-        "io.envkit.nccl": data.nccl,
-        "io.envkit.min-driver": data.min_driver,
-        "io.envkit.lock-digest": data.lock_digest,
+        label_keys.TORCHVISION: data.torchvision,
+        label_keys.CUDNN: data.cudnn,
+        label_keys.NCCL: data.nccl,
+        label_keys.MIN_DRIVER: data.min_driver,
+        label_keys.LOCK_DIGEST: data.lock_digest,
     }
     labels.update({key: value for key, value in optional.items() if value})
     # The spec's own labels may add, never override what envkit records about the image.

@@ -51,8 +51,9 @@ from docker.utils import parse_repository_tag
 
 from envkit.engine.dockerarchive import rfc3339
 from envkit.errors import EnvkitError, IntegrityError, Interrupted, UsageError
+from envkit.jsonio import canonical_bytes
+from envkit.labels import SOURCE_DATE_EPOCH as SOURCE_DATE_EPOCH_LABEL
 
-SOURCE_DATE_EPOCH_LABEL = "io.envkit.source-date-epoch"
 TMPDIR_ENV = "ENVKIT_TMPDIR"
 
 BLOCK = 512
@@ -705,7 +706,7 @@ def sealed_config(config: dict[str, Any], layer_digests: list[str | None], epoch
         new_history = [{"created": created, "created_by": ""} for d in layer_digests if d is not None]
     new["history"] = new_history
     new["rootfs"] = {"type": "layers", "diff_ids": [d for d in layer_digests if d is not None]}
-    return json.dumps(new, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return canonical_bytes(new)
 
 
 @dataclass

@@ -6,7 +6,6 @@ versions and the hashed requirements text a build installs with ``--require-hash
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,14 +16,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from packaging.markers import InvalidMarker, Marker
+from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from envkit import platforms
+from envkit.atomic import write_text
 from envkit.errors import EnvkitError, IntegrityError, NetworkError, SpecError, UsageError
+from envkit.jsonio import canonical_digest
 from envkit.lock import grammar
+from envkit.platforms import uv_platform
 from envkit.spec.model import MIRROR_RE, SUITE_RE
 
 LOCK_SCHEMA_VERSION = 1
-DEFAULT_PLATFORM = "x86_64-manylinux_2_28"
+DEFAULT_PLATFORM = uv_platform(platforms.DEFAULT_PLATFORM)
 
 # uv's wording when it cannot reach an index (connection, DNS, TLS, timeouts).
 _NETWORK_MARKERS = (
@@ -258,7 +262,7 @@ def _uv() -> str:
 
 def normalise_name(name: str) -> str:
     """PEP 503 name: lower case, runs of -, _ and . as one -."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return str(canonicalize_name(name))
 
 
 def lock_requirements(
@@ -394,30 +398,12 @@ def read_lock(path: str | Path) -> LockFile:
 
 def write_lock(path: str | Path, lock: LockFile) -> None:
     """Write atomically: a temporary file beside the target, fsync'd, then renamed over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = lock.model_dump_json(indent=2) + "\n"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_text(Path(path), lock.model_dump_json(indent=2) + "\n")
 
 
 def lock_digest(lock: LockFile) -> str:
     """sha256 of the lock's canonical JSON: what image labels record to name the lock built from."""
-    canonical = json.dumps(lock.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return canonical_digest(lock.model_dump(mode="json"))
 
 
 def is_stale(lock: LockFile, spec_digest: str) -> bool:

@@ -10,7 +10,6 @@ mtimes and owners.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -24,8 +23,12 @@ from typing import Any
 import docker
 import docker.errors
 
+from envkit import platforms
 from envkit.atomic import open_atomic
+from envkit.digests import sha256_file, sha256_stream
 from envkit.errors import IntegrityError, NetworkError, UsageError
+from envkit.jsonio import pretty_text
+from envkit.record.manifest import Manifest, parse_manifest
 from envkit.record.offline import DirStore, PackageServer, assert_cut_off, internal_network, outside_addresses
 
 BUNDLE_SCHEMA = 1
@@ -36,7 +39,6 @@ CHUNK = 1 << 20
 
 # The newest glibc of each Debian suite: the manylinux tags its Python accepts go down from there.
 GLIBC_MINOR = {"bullseye": 31, "bookworm": 36, "trixie": 41}
-ARCHES = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
 
 Say = Callable[[str], None]
 
@@ -45,25 +47,9 @@ def _quiet(_: str) -> None:
     return
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def wheel_platforms(platform: str, suite: str) -> list[str]:
     """pip ``--platform`` tags for an image, best first (as uv prefers them in the online build)."""
-    arch = ARCHES.get(platform)
-    if arch is None:
-        raise UsageError(f"no wheel platform is known for {platform}")
-    newest = GLIBC_MINOR.get(suite, 28)
-    tags = [f"manylinux_2_{minor}_{arch}" for minor in range(newest, 16, -1)]
-    tags += [f"manylinux2014_{arch}"]
-    if arch == "x86_64":
-        tags += ["manylinux2010_x86_64", "manylinux1_x86_64"]
-    return tags + [f"linux_{arch}"]
+    return platforms.manylinux_platforms(platforms.machine(platform), (2, GLIBC_MINOR.get(suite, 28)))
 
 
 def download_wheels(requirements: Path, dest: Path, *, python: str, platform: str, suite: str) -> None:
@@ -176,7 +162,7 @@ def _add(tar: tarfile.TarFile, name: str, size: int, mtime: int, source: Any) ->
 
 def write_bundle(output: Path, manifest_text: str, index: BundleIndex, root: Path, epoch: int) -> None:
     """The bundle tar, written atomically: the old file survives any failure."""
-    index_text = json.dumps(index.to_json(), sort_keys=True, indent=2) + "\n"
+    index_text = pretty_text(index.to_json())
     with open_atomic(output) as handle, tarfile.open(
         fileobj=handle, mode="w", format=tarfile.PAX_FORMAT
     ) as tar:
@@ -204,11 +190,11 @@ def make_bundle(
     """Gather what an offline restore of ``manifest_path`` needs into ``output``."""
     from envkit.image.base import ensure_base
     from envkit.image.build import TOOLS_LOCK
-    from envkit.record.snapshot import plan_from_manifest, read_manifest
+    from envkit.record.snapshot import plan_from_manifest
 
     manifest_text = Path(manifest_path).read_text(encoding="utf-8")
-    manifest = read_manifest(manifest_path)
-    if not manifest.lock:
+    manifest = parse_manifest(manifest_text, str(manifest_path))
+    if manifest.lock is None:
         raise UsageError(f"{manifest_path} carries no lock: only locked images can be bundled")
     if manifest.drift is not None:
         raise UsageError(
@@ -219,18 +205,18 @@ def make_bundle(
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".envkit-bundle-", dir=output.parent) as tmp:
         root = Path(tmp) / "members"
-        plan = plan_from_manifest(manifest, Path(tmp), ca_bundle=None)
+        plan = plan_from_manifest(manifest, ca_bundle=None)
         if plan.base_plan is not None:
             say(f"base: {plan.base_ref}")
             ensure_base(client, plan.base_plan, log=None)
         base_id = save_base(client, plan.base_ref, root / BASE_NAME)
-        expected_base = (manifest.lock.get("base") or {}).get("image_id")
+        expected_base = manifest.lock.base.get("image_id")
         if expected_base and expected_base != base_id:
             raise IntegrityError(f"base {plan.base_ref} is {base_id}, the lock records {expected_base}")
         say("wheels: downloading the locked set for the image's platform")
         requirements = Path(tmp) / "requirements.txt"
         requirements.write_text(plan.requirements or "")
-        suite = str((manifest.lock.get("base") or {}).get("suite") or "bookworm")
+        suite = manifest.lock.base.get("suite") or "bookworm"
         for source in (requirements, TOOLS_LOCK):
             download_wheels(source, root / "wheels", python=plan.spec.python, platform=plan.spec.platform,
                             suite=suite)
@@ -307,10 +293,7 @@ def _check_bundle(path: Path, tar: tarfile.TarFile, say: Say) -> OpenBundle:
 def _member_sha256(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
     source = tar.extractfile(member)
     assert source is not None
-    digest = hashlib.sha256()
-    for block in iter(lambda: source.read(CHUNK), b""):
-        digest.update(block)
-    return digest.hexdigest()
+    return sha256_stream(source)
 
 
 def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
@@ -342,7 +325,7 @@ def load_base(client: docker.DockerClient, bundle: OpenBundle, say: Say = _quiet
 
 
 def restore_offline_events(
-    client: docker.DockerClient, bundle: OpenBundle, manifest: Any, *, tag: str | None = None,
+    client: docker.DockerClient, bundle: OpenBundle, manifest: Manifest, *, tag: str | None = None,
     nocache: bool = False, say: Say = _quiet,
 ) -> Iterator[Any]:
     """Restore from an opened bundle with the build network cut off; yields build events."""

@@ -1,7 +1,7 @@
 """Explain how two images differ: config, labels, env, Python and apt packages, then layer files.
 
-Either side may be an image (ID or tag) in the engine or a snapshot manifest (a JSON file or a
-dict with `image_id`, `layers`, `python_packages`, `apt_packages`, `config`). Images are read
+Either side may be an image (ID or tag) in the engine or a snapshot manifest (a file `envkit
+snapshot` wrote, read and digest-checked through `record.manifest`, or a Manifest). Images are read
 with `docker save`, streamed: every layer's files are hashed on the way through, and package
 lists come from the merged filesystem (`*.dist-info/METADATA`, `var/lib/dpkg/status`), so
 nothing needs to run inside the image. Layers are compared by position, which matches the
@@ -15,18 +15,20 @@ import io
 import json
 import os
 import posixpath
-import re
 import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
+from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
+from packaging.utils import canonicalize_name
 
 from envkit.errors import UsageError
 from envkit.image.seal import COPY_CHUNK, SAVE_CHUNK, IterReader, Prefixed, iter_tar, normalize_name
+from envkit.record.manifest import Manifest, read_manifest
 
 SUMMARY_LIMIT = 10
 _METADATA_MAX = 1 << 20
@@ -206,61 +208,33 @@ def is_manifest_ref(ref: str) -> bool:
     return ref.endswith(".json") or os.path.isfile(ref)
 
 
-def load_manifest(ref: str | Mapping[str, Any]) -> ImageView:
-    if isinstance(ref, Mapping):
-        data, name = dict(ref), str(ref.get("image_id") or "manifest")
-    else:
-        if not os.path.isfile(ref):
-            raise UsageError(f"manifest {ref} not found")
-        try:
-            with open(ref, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"manifest {ref} is not readable JSON: {exc}") from exc
-        name = ref
-    if not isinstance(data, dict):
-        raise UsageError(f"manifest {name} is not a JSON object")
-    layers = []
-    for layer in data.get("layers") or []:
-        digest = layer if isinstance(layer, str) else (layer.get("diff_id") or layer.get("digest"))
-        layers.append(LayerView(digest=str(digest)))
+def load_manifest(ref: str | Manifest) -> ImageView:
+    """A snapshot manifest (a file, digest-checked: an edited one is exit 5) as one side of a diff."""
+    if isinstance(ref, Manifest):
+        return manifest_view(ref, ref.image.id)
+    if not os.path.isfile(ref):
+        raise UsageError(f"manifest {ref} not found")
+    return manifest_view(read_manifest(Path(ref)), ref)
+
+
+def manifest_view(manifest: Manifest, name: str) -> ImageView:
+    """What a manifest records of its image: ID, layers, env and labels, its Python and apt sets."""
     return ImageView(
         ref=name,
         source="manifest",
-        image_id=data.get("image_id"),
-        config=_normalize_config(data.get("config") or {}),
-        python_packages=_package_map(data.get("python_packages")),
-        apt_packages=_package_map(data.get("apt_packages")),
-        layers=layers,
+        image_id=manifest.image.id,
+        config={"config": {"Env": list(manifest.env), "Labels": dict(manifest.labels)}},
+        python_packages={
+            canonicalize_name(pkg): package.version
+            for pkg, package in manifest.python_packages.items() if package.version is not None
+        },
+        apt_packages=dict(manifest.apt_packages),
+        layers=[LayerView(digest=digest) for digest in manifest.image.layers],
     )
 
 
-def _package_map(raw: Any) -> dict[str, str]:
-    if not raw:
-        return {}
-    if isinstance(raw, Mapping):
-        return {_norm_pkg(str(k)): str(v) for k, v in raw.items()}
-    out = {}
-    for item in raw:
-        out[_norm_pkg(str(item["name"]))] = str(item["version"])
-    return out
-
-
 def _norm_pkg(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _normalize_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Accept a raw image config, `docker inspect` output, or a bare runtime config."""
-    if "config" in config or "rootfs" in config:
-        return dict(config)
-    if "Config" in config:
-        return {
-            "architecture": config.get("Architecture"),
-            "os": config.get("Os"),
-            "config": config.get("Config") or {},
-        }
-    return {"config": dict(config)}
+    return str(canonicalize_name(name))
 
 
 def inspect_or_usage(client: docker.DockerClient, ref: str) -> dict[str, Any]:
@@ -507,7 +481,11 @@ def compare_views(a: ImageView, b: ImageView, *, files: bool = False) -> ImageDi
                        files_listed=files)
     if identical:
         return result
-    result.config = _compare_maps(_config_fields(a.config), _config_fields(b.config))
+    if a.source == "manifest" or b.source == "manifest":
+        # A manifest records env and labels of the image config, nothing else of it.
+        result.notes.append("a manifest records only the env and labels of an image's config")
+    else:
+        result.config = _compare_maps(_config_fields(a.config), _config_fields(b.config))
     labels_a = (a.config.get("config") or {}).get("Labels") or {}
     labels_b = (b.config.get("config") or {}).get("Labels") or {}
     result.labels = _compare_maps(labels_a, labels_b)
@@ -531,29 +509,36 @@ def compare_views(a: ImageView, b: ImageView, *, files: bool = False) -> ImageDi
 
 def diff_images(
     client: docker.DockerClient | None,
-    a: str | Mapping[str, Any],
-    b: str | Mapping[str, Any],
+    a: str | Manifest,
+    b: str | Manifest,
     *,
     files: bool = False,
 ) -> ImageDiff:
-    """Compare two images or manifests. Missing images raise UsageError naming them (exit 2)."""
-    views: list[ImageView] = []
+    """Compare two images or manifests. Missing images raise UsageError naming them (exit 2); a
+    manifest that does not match its digest raises IntegrityError (exit 5). Two sides with one
+    image ID are identical, and nothing is read from the engine for them."""
+    manifests: list[ImageView | None] = []
     attrs: list[dict[str, Any] | None] = []
     for ref in (a, b):
-        if isinstance(ref, Mapping) or is_manifest_ref(ref):
+        if isinstance(ref, Manifest) or is_manifest_ref(ref):
+            manifests.append(load_manifest(ref))
             attrs.append(None)
         else:
             if client is None:
                 raise UsageError(f"{ref} is not a manifest file and no Docker engine was given")
+            manifests.append(None)
             attrs.append(inspect_or_usage(client, ref))
-    ids = [x["Id"] if x else None for x in attrs]
+    names = [view.ref if view else str(ref) for view, ref in zip(manifests, (a, b), strict=True)]
+    ids = [view.image_id if view else info["Id"] if info else None
+           for view, info in zip(manifests, attrs, strict=True)]
     if ids[0] is not None and ids[0] == ids[1]:
-        return ImageDiff(a=str(a), b=str(b), a_id=ids[0], b_id=ids[1], identical=True, files_listed=files)
-    for ref, info in zip((a, b), attrs, strict=True):
-        if info is None:
-            views.append(load_manifest(ref))
+        return ImageDiff(a=names[0], b=names[1], a_id=ids[0], b_id=ids[1], identical=True, files_listed=files)
+    views: list[ImageView] = []
+    for ref, view, info in zip((a, b), manifests, attrs, strict=True):
+        if view is not None:
+            views.append(view)
         else:
-            assert client is not None and isinstance(ref, str)
+            assert client is not None and isinstance(ref, str) and info is not None
             views.append(collect_image(client, ref, attrs=info))
     return compare_views(views[0], views[1], files=files)
 

@@ -34,19 +34,22 @@ import requests.exceptions
 from packaging.tags import compatible_tags, cpython_tags
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict, Field
 
+from envkit import labels, platforms
 from envkit.errors import IntegrityError, NetworkError, ReproMismatch, UsageError
+from envkit.record.manifest import DiffCounts, Drift, LockedWheel, Manifest, seal_manifest
+from envkit.record.snapshot import COLLECT_SCRIPT, collect_packages, snapshot
 
 if TYPE_CHECKING:
     from envkit.image.build import BuildEvent
-    from envkit.record.snapshot import Manifest
+
+__all__ = ["DiffCounts", "Drift", "LockedWheel"]  # the drift models live in record.manifest
 
 VENV = "/opt/venv"
 PYPI_JSON = "https://pypi.org/pypi/{name}/{version}/json"
 PYPI_SIMPLE = "https://pypi.org/simple/{name}/"
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
-DRIFT_LABEL = "io.envkit.drift"
+DRIFT_LABEL = labels.DRIFT
 HTTP_TIMEOUT = 60
 _STAGE = "/stage"
 _CONTEXT_DIR = "/tmp/envkit-drift"
@@ -98,45 +101,6 @@ missing = sorted(wanted - found)
 if missing:
     sys.exit("not installed, cannot remove: " + ", ".join(missing))
 """
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LockedWheel(_Strict):
-    """A distribution added or changed in the container, locked to one wheel on the index."""
-
-    name: str
-    version: str
-    image_version: str | None = None  # None: not in the image at all
-    filename: str
-    url: str
-    sha256: str
-
-
-class DiffCounts(_Strict):
-    """``docker diff`` of the container against its image: paths added, changed, deleted."""
-
-    added: int
-    changed: int
-    deleted: int
-
-
-class Drift(_Strict):
-    """What a running container changed in its image's Python set, with the wheels to redo it."""
-
-    container_id: str
-    container_name: str
-    wheels: list[LockedWheel] = Field(default_factory=list)
-    removed: dict[str, str] = Field(default_factory=dict)  # name -> version in the image
-    python_packages: dict[str, str]  # the container's whole Python set, name -> version
-    apt_changes: list[str] = Field(default_factory=list)
-    docker_diff: DiffCounts
-
-    def digest(self) -> str:
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -204,27 +168,16 @@ def glibc_version(apt: dict[str, str]) -> tuple[int, int]:
 
 
 def machine(platform: str) -> str:
-    return {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}.get(platform, "x86_64")
-
-
-def _linux_platforms(glibc: tuple[int, int], arch: str) -> list[str]:
-    legacy = {(2, 17): "manylinux2014", (2, 12): "manylinux2010", (2, 5): "manylinux1"}
-    floor = 5 if arch == "x86_64" else 17
-    platforms: list[str] = []
-    for minor in range(glibc[1], floor - 1, -1):
-        platforms.append(f"manylinux_{glibc[0]}_{minor}_{arch}")
-        if (glibc[0], minor) in legacy and (minor >= 17 or arch == "x86_64"):
-            platforms.append(f"{legacy[(glibc[0], minor)]}_{arch}")
-    return [*platforms, f"linux_{arch}"]
+    return platforms.machine(platform)
 
 
 def image_tags(python: str, glibc: tuple[int, int], arch: str) -> list[str]:
     """Wheel tags a CPython ``python`` on that glibc and machine installs, most preferred first."""
     major, minor = (int(part) for part in python.split(".")[:2])
-    platforms = _linux_platforms(glibc, arch)
+    linux = platforms.manylinux_platforms(arch, glibc)
     interpreter = f"cp{major}{minor}"
-    tags = [*cpython_tags((major, minor), abis=[interpreter], platforms=platforms),
-            *compatible_tags((major, minor), interpreter, platforms)]
+    tags = [*cpython_tags((major, minor), abis=[interpreter], platforms=linux),
+            *compatible_tags((major, minor), interpreter, linux)]
     return [str(tag) for tag in tags]
 
 
@@ -373,8 +326,6 @@ def running_container(client: docker.DockerClient, ref: str) -> Any:
 
 def collect_in_container(container: Any) -> dict[str, Any]:
     """The collect script, run by docker exec inside the running container (as root, no bytecode)."""
-    from envkit.record.snapshot import COLLECT_SCRIPT
-
     exit_code, output = container.exec_run(["python3", "-B", "-c", COLLECT_SCRIPT], user="0", demux=True)
     stdout, stderr = output if isinstance(output, tuple) else (output, b"")
     if exit_code != 0 or not stdout:
@@ -397,15 +348,13 @@ def snapshot_container(
     session: requests.Session | None = None,
 ) -> Manifest:
     """The manifest of the container's image, with the container's drift locked into it."""
-    from envkit.record.snapshot import seal_manifest, snapshot
-
     container = running_container(client, ref)
     image_id = str(container.attrs["Image"])
     base = snapshot(client, image_id, host=host, verify_report=verify_report)
     found = collect_in_container(container)
     changes = compare_packages(base.python_packages, found["python"])
     tags = image_tags(base.stack.python or "3.11", glibc_version(base.apt_packages),
-                      machine(str(base.spec.get("platform", "linux/amd64"))))
+                      machine(base.spec.platform))
     wheels = lock_changes(changes, tags, session or http_session())
     drift = Drift(
         container_id=container.id,
@@ -427,8 +376,7 @@ def drift_tag(manifest: Manifest, tag: str | None) -> str:
     """``--tag``, else the base image's tag with ``-drift`` added."""
     if tag:
         return tag
-    spec = manifest.spec
-    base = manifest.image.tags[0] if manifest.image.tags else f"envkit/{spec['name']}:{spec['tag']}"
+    base = manifest.image.tags[0] if manifest.image.tags else manifest.spec.image_tag
     repo, _, tag_part = base.rpartition(":")
     return f"{repo}:{tag_part[:122]}-drift"
 
@@ -494,8 +442,6 @@ def drift_context(dockerfile: str, wheels: dict[str, bytes]) -> Any:
 
 def check_drift_image(client: docker.DockerClient, manifest: Manifest, image_id: str) -> None:
     """The new image holds the base's layers and exactly the container's Python set (exit 9 if not)."""
-    from envkit.record.snapshot import collect_packages
-
     assert manifest.drift is not None
     layers = list((client.api.inspect_image(image_id).get("RootFS") or {}).get("Layers") or [])
     if layers[: len(manifest.image.layers)] != list(manifest.image.layers):
@@ -551,7 +497,7 @@ def drift_events(
     tar = drift_context(dockerfile, wheels).to_tar(manifest.source_date_epoch)
     yield BuildEvent("phase", f"drift: building on {base_id[7:19]} (no network)")
     unsealed = ""
-    platform = str(manifest.spec.get("platform", "linux/amd64"))
+    platform = manifest.spec.platform
     # No network at all: the wheels are in the context, and nothing else is fetched.
     for event in stream_context_build(client, tar, platform=platform, nocache=nocache, network_mode="none"):
         if event.kind == "done":

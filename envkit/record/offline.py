@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import os
 import re
 import shutil
 import socket
@@ -34,16 +33,18 @@ from urllib.parse import urlsplit
 
 import docker
 import docker.errors
+from packaging.utils import canonicalize_name
 
+from envkit import labels
+from envkit.atomic import open_atomic
 from envkit.errors import NetworkError
 
 CHUNK = 1 << 20
 _SAFE_HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]+)?$")
-_NAME_RE = re.compile(r"[-_.]+")
 
 
 def normalize(project: str) -> str:
-    return _NAME_RE.sub("-", project).lower()
+    return str(canonicalize_name(project))
 
 
 def wheel_project(filename: str) -> str:
@@ -88,13 +89,8 @@ class DirStore:
     def put(self, key: str, source: BinaryIO) -> None:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-        try:
-            with tmp.open("wb") as out:
-                shutil.copyfileobj(source, out, CHUNK)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with open_atomic(path) as out:
+            shutil.copyfileobj(source, out, CHUNK)
 
 
 class TarStore:
@@ -291,7 +287,7 @@ class PackageServer:
 def internal_network(client: docker.DockerClient) -> Iterator[tuple[str, str]]:
     """A fresh internal bridge network; yields (name, gateway address) and removes it after."""
     name = f"envkit-offline-{uuid.uuid4().hex[:10]}"
-    network = client.networks.create(name, driver="bridge", internal=True, labels={"io.envkit.offline": "1"})
+    network = client.networks.create(name, driver="bridge", internal=True, labels={labels.OFFLINE: "1"})
     try:
         network.reload()
         configs = (network.attrs.get("IPAM") or {}).get("Config") or []

@@ -52,9 +52,9 @@ from spdx_tools.spdx.parser.error import SPDXParsingError
 from spdx_tools.spdx.parser.jsonlikedict.json_like_dict_parser import JsonLikeDictParser
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
-from envkit import __version__
+from envkit import __version__, platforms
 from envkit.errors import EnvkitError, IntegrityError
-from envkit.record.snapshot import Manifest, PythonPackage, content_digest
+from envkit.record.manifest import Manifest, PythonPackage, content_digest
 from envkit.spec import compat
 
 PYPI_INDEX = "https://pypi.org/simple"
@@ -108,8 +108,13 @@ def document_time(manifest: Manifest) -> datetime:
     return datetime.fromtimestamp(manifest.source_date_epoch, tz=timezone.utc)
 
 
+def manifest_digest(manifest: Manifest) -> str:
+    """The digest the manifest records (what it was written with), else the digest of its content."""
+    return manifest.digest or content_digest(manifest.model_dump(mode="json"))
+
+
 def document_uuid(manifest: Manifest) -> uuid.UUID:
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"envkit:sbom:{content_digest(manifest.model_dump(mode='json'))}")
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"envkit:sbom:{manifest_digest(manifest)}")
 
 
 def sha256_hex(value: str, owner: str) -> str:
@@ -122,13 +127,12 @@ def sha256_hex(value: str, owner: str) -> str:
 
 
 def deb_arch(manifest: Manifest) -> str:
-    platform = str(manifest.spec.get("platform") or "linux/amd64")
-    return platform.rpartition("/")[2]
+    return platforms.architecture(manifest.spec.platform)
 
 
 def debian_distro(manifest: Manifest) -> str | None:
-    bootstrap = (manifest.spec.get("base") or {}).get("bootstrap") or {}
-    suite = manifest.base.get("suite") or bootstrap.get("suite")
+    bootstrap = manifest.spec.base.bootstrap
+    suite = manifest.base.get("suite") or (bootstrap.suite if bootstrap is not None else None)
     if not suite:
         return None
     return f"debian-{DEBIAN_RELEASES[suite]}" if suite in DEBIAN_RELEASES else str(suite)
@@ -136,9 +140,9 @@ def debian_distro(manifest: Manifest) -> str | None:
 
 def index_url(manifest: Manifest) -> str:
     """The index the lock was resolved against: PyPI, or PyTorch's own for a non-default CUDA build."""
-    torch = manifest.spec.get("torch") or {}
+    spec = manifest.spec
     try:
-        resolved = compat.resolve(str(torch.get("version")), torch.get("cuda"), manifest.spec.get("python"))
+        resolved = compat.resolve(spec.torch.version, spec.torch.cuda, spec.python)
     except EnvkitError:
         return PYPI_INDEX
     return (resolved.index_url or PYPI_INDEX).rstrip("/")
@@ -177,7 +181,7 @@ def deb_items(manifest: Manifest) -> list[DebItem]:
 
 def image_reference(manifest: Manifest) -> tuple[str, str]:
     """(repository, tag): the spec's envkit/NAME:TAG when the image carries it, else its first tag."""
-    own = f"envkit/{manifest.spec.get('name', 'image')}:{manifest.spec.get('tag', 'latest')}"
+    own = manifest.spec.image_tag
     chosen = own if own in manifest.image.tags or not manifest.image.tags else manifest.image.tags[0]
     repository, _, tag = chosen.rpartition(":")
     return repository, tag
@@ -194,7 +198,7 @@ def stack_properties(manifest: Manifest) -> tuple[tuple[str, str], ...]:
         "envkit:cuda_arch_list": ",".join(stack.arch_list) or None,
         "envkit:source": manifest.source,
         "envkit:spec_digest": manifest.spec_digest or None,
-        "envkit:manifest_digest": content_digest(manifest.model_dump(mode="json")),
+        "envkit:manifest_digest": manifest_digest(manifest),
         "envkit:source_date_epoch": str(manifest.source_date_epoch),
         "envkit:base": manifest.base.get("ref"),
         "envkit:base_rootfs": manifest.base.get("rootfs"),

@@ -8,7 +8,6 @@ and the offending character, and are raised before anything is written.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,6 +25,7 @@ from pydantic import (
 )
 
 from envkit.errors import SpecError
+from envkit.jsonio import canonical_text
 
 # Characters each kind of field may contain. Anything else is named in the error.
 _PIP_CHARS = r"A-Za-z0-9._\-\[\],<>=!~* "
@@ -299,7 +299,7 @@ class ImageSpec(_Strict):
         return f"envkit/{self.name}:{self.tag}"
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return canonical_text(self.model_dump(mode="json"))
 
     def digest(self) -> str:
         return "sha256:" + hashlib.sha256(self.canonical_json().encode()).hexdigest()

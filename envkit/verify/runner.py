@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from envkit import labels as label_keys
 from envkit.errors import EngineUnreachable, EnvkitError, GpuHostNotReady, UsageError, VerificationFailed
 from envkit.incontainer.probe import EVENT_PREFIX, PROBE_DIR, SCRIPT_FILES, archs
 from envkit.verify import preflight as pf
@@ -38,11 +39,11 @@ from envkit.verify.report import (
     with_peak_share,
 )
 
-LABEL_TORCH = "io.envkit.torch"
-LABEL_CUDA = "io.envkit.cuda"
-LABEL_MIN_DRIVER = "io.envkit.min-driver"
-LABEL_ARCH_LIST = "io.envkit.arch-list"
-LABEL_VERIFY_RUN = "io.envkit.verify-run"  # on every container verify creates, to find leftovers
+LABEL_TORCH = label_keys.TORCH
+LABEL_CUDA = label_keys.CUDA
+LABEL_MIN_DRIVER = label_keys.MIN_DRIVER
+LABEL_ARCH_LIST = label_keys.ARCH_LIST
+LABEL_VERIFY_RUN = label_keys.VERIFY_RUN  # on every container verify creates, to find leftovers
 
 # Copied in for every run rather than using the image's /opt/envkit/probe: the host parses the
 # documents with its own models, so the scripts must be the host's version.

@@ -11,7 +11,8 @@ import docker.errors
 import pytest
 from rich.console import Console
 
-from envkit.errors import UsageError
+from envkit.cli.app import main
+from envkit.errors import IntegrityError, UsageError
 from envkit.record.diff import (
     ImageView,
     LayerView,
@@ -25,6 +26,8 @@ from envkit.record.diff import (
     render,
     scan_layer,
 )
+from envkit.record.manifest import read_manifest, write_manifest
+from tests.unit.test_snapshot import _manifest
 
 DPKG_STATUS = b"""Package: libc6
 Status: install ok installed
@@ -158,32 +161,103 @@ def test_summary_caps_file_lists_but_keeps_counts() -> None:
     assert len(full.layers[0].added) == 30
 
 
+def _manifest_file(tmp_path: Path, name: str, **update: object) -> Path:
+    """A snapshot manifest (the one schema `envkit snapshot` writes), sealed, written to ``name``."""
+    manifest = _manifest()
+    if update:
+        manifest = manifest.model_copy(update=update)
+    path = tmp_path / name
+    write_manifest(path, manifest)
+    return path
+
+
 def test_manifests_compare_without_engine(tmp_path: Path) -> None:
-    base = {
-        "image_id": "sha256:aaa",
-        "layers": ["sha256:l1", "sha256:l2"],
-        "python_packages": {"torch": "2.7.1"},
-        "apt_packages": [{"name": "libc6", "version": "2.36"}],
-        "config": {"Env": ["A=1"], "Labels": {"x": "1"}},
-    }
-    other = dict(base, image_id="sha256:bbb", layers=["sha256:l1", "sha256:l3"],
-                 python_packages={"torch": "2.8.0"})
-    path = tmp_path / "a.json"
-    path.write_text(json.dumps(base))
-    diff = diff_images(None, str(path), other)
+    base = _manifest()
+    a = _manifest_file(tmp_path, "a.json")
+    other = base.model_copy(update={
+        "image": base.image.model_copy(update={"id": "sha256:" + "b" * 64,
+                                               "layers": [base.image.layers[0], "sha256:" + "3" * 64]}),
+        "python_packages": {**base.python_packages,
+                            "torch": base.python_packages["torch"].model_copy(update={"version": "2.8.1"})},
+        "labels": {**base.labels, "x": "1"},
+    })
+    b = _manifest_file(tmp_path, "b.json", **dict(other))
+    diff = diff_images(None, str(a), str(b))
     assert not diff.identical
-    assert [(c.key, c.a, c.b) for c in diff.python_packages] == [("torch", "2.7.1", "2.8.0")]
-    assert diff.layers[0].same and not diff.layers[1].same and not diff.layers[1].files_available
-    assert diff.notes
-    same = diff_images(None, str(path), base)
-    assert same.identical
+    assert [(c.key, c.a, c.b) for c in diff.python_packages] == [("torch", "2.8.0", "2.8.1")]
+    assert [(c.key, c.a, c.b) for c in diff.labels] == [("x", None, "1")]
+    assert not diff.env and not diff.apt_packages and not diff.config
+    assert [layer.same for layer in diff.layers] == [True, False]
+    assert not diff.layers[1].files_available and diff.notes
+    diff = diff_images(None, str(a), other)
+    assert diff.a == str(a) and diff.b == other.image.id and not diff.identical
 
 
-def test_manifest_view_accepts_inspect_style_config() -> None:
-    view = load_manifest({"image_id": "x", "layers": [{"digest": "sha256:1"}],
-                          "config": {"Config": {"Env": ["A=1"]}, "Architecture": "amd64"}})
-    assert view.layers[0].digest == "sha256:1"
-    assert view.config["config"]["Env"] == ["A=1"] and view.config["architecture"] == "amd64"
+def test_a_manifest_against_itself_is_identical(tmp_path: Path) -> None:
+    path = _manifest_file(tmp_path, "m.json")
+    same = diff_images(None, str(path), str(path))
+    assert same.identical and same.a_id == _manifest().image.id
+    assert diff_images(None, str(path), read_manifest(path)).identical
+
+
+def test_diff_cli_exits_0_for_a_manifest_against_itself(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _manifest_file(tmp_path, "m.json")
+    assert main(["diff", str(path), str(path)]) == 0
+    assert "identical" in capsys.readouterr().out
+
+
+def test_a_tampered_manifest_is_an_integrity_error(tmp_path: Path) -> None:
+    path = _manifest_file(tmp_path, "m.json")
+    good = _manifest_file(tmp_path, "good.json")
+    path.write_text(path.read_text().replace("2.8.0", "2.8.1", 1))
+    with pytest.raises(IntegrityError, match="does not match its digest") as info:
+        diff_images(None, str(good), str(path))
+    assert info.value.exit_code == 5
+    assert main(["diff", str(path), str(good)]) == 5
+
+
+class _OneImage:
+    """An engine holding one image; reading its layers (docker save) is a test failure."""
+
+    def __init__(self, image_id: str) -> None:
+        self.image_id = image_id
+        self.api = self
+
+    def inspect_image(self, ref: str) -> dict:
+        if ref not in ("envkit/x:1", self.image_id):
+            raise docker.errors.ImageNotFound(f"No such image: {ref}")
+        return {"Id": self.image_id, "RepoTags": ["envkit/x:1"]}
+
+    def get_image(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("an image with the manifest's ID needs no docker save")
+
+
+def test_a_manifest_against_the_image_it_came_from_is_identical(tmp_path: Path) -> None:
+    """The recorded inputs of the bug: a snapshot manifest against its own image reported dozens of
+    differences (labels, env, every package), since diff read another manifest shape."""
+    path = _manifest_file(tmp_path, "m.json")
+    client = _OneImage(_manifest().image.id)
+    for a, b in ((str(path), "envkit/x:1"), ("envkit/x:1", str(path))):
+        diff = diff_images(client, a, b)
+        assert diff.identical, diff.headline()
+        assert not (diff.labels or diff.env or diff.python_packages or diff.apt_packages or diff.config)
+
+
+def test_a_manifest_view_holds_what_the_snapshot_recorded() -> None:
+    manifest = _manifest()
+    view = load_manifest(manifest)
+    assert view.image_id == manifest.image.id and view.source == "manifest"
+    assert [layer.digest for layer in view.layers] == manifest.image.layers
+    assert view.python_packages == {"six": "1.17.0", "torch": "2.8.0"}
+    assert view.config["config"] == {"Env": manifest.env, "Labels": manifest.labels}
+    assert view.apt_packages == manifest.apt_packages
+
+
+def test_the_old_manifest_shape_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"image_id": "sha256:aaa", "layers": [], "python_packages": {}}))
+    with pytest.raises(IntegrityError, match="schema_version"):
+        load_manifest(str(path))
 
 
 class _NoImages:

@@ -16,18 +16,19 @@ from spdx_tools.spdx.validation.document_validator import validate_full_spdx_doc
 from envkit.cli.sbom import FORMATS
 from envkit.errors import IntegrityError
 from envkit.record import sbom
-from envkit.record.snapshot import (
+from envkit.record.manifest import (
     SCHEMA_VERSION,
     ImageRecord,
     Manifest,
     StackVersions,
-    python_packages_against_lock,
     read_manifest,
     write_manifest,
 )
+from envkit.record.snapshot import python_packages_against_lock
+from tests.unit.test_snapshot import make_lock, make_spec
 
 IMAGE_ID = "sha256:" + "c" * 64
-TORCH_WHEELS = ["a" * 64, "sha256:" + "b" * 64]
+TORCH_WHEELS = ["a" * 64, "b" * 64]
 
 
 def _manifest(*, platform: str = "linux/amd64", reverse: bool = False, epoch: int = 1761955200) -> Manifest:
@@ -36,9 +37,10 @@ def _manifest(*, platform: str = "linux/amd64", reverse: bool = False, epoch: in
         "six": {"version": "1.17.0", "record_sha256": "sha256:" + "2" * 64},
         "nvidia-cudnn-cu12": {"version": "9.10.2.21", "record_sha256": "sha256:" + "3" * 64},
     }
-    lock = {"packages": {"torch": {"version": "2.8.0", "hashes": TORCH_WHEELS},
-                         "six": {"version": "1.16.0", "hashes": ["sha256:" + "d" * 64]},
-                         "nvidia-cudnn-cu12": {"version": "9.10.2.21", "hashes": ["sha256:" + "e" * 64]}}}
+    spec = make_spec(name="pytorch-cuda", tag="2.8", platform=platform)
+    lock = make_lock(spec, {"torch": {"version": "2.8.0", "hashes": TORCH_WHEELS},
+                            "six": {"version": "1.16.0", "hashes": ["d" * 64]},
+                            "nvidia-cudnn-cu12": {"version": "9.10.2.21", "hashes": ["e" * 64]}})
     packages, mismatches = python_packages_against_lock(installed, lock)
     apt = {"python3.11": "3.11.2-6+deb12u6", "libgcc-s1": "1:12.2.0-14", "libstdc++6": "12.2.0-14"}
     if reverse:
@@ -49,9 +51,7 @@ def _manifest(*, platform: str = "linux/amd64", reverse: bool = False, epoch: in
         envkit_version="0.1.0",
         source="images/pytorch-cuda/2.8.yaml",
         image=ImageRecord(id=IMAGE_ID, layers=["sha256:" + "f" * 64], tags=["envkit/pytorch-cuda:2.8"], size=10),
-        spec={"name": "pytorch-cuda", "tag": "2.8", "python": "3.11", "platform": platform,
-              "torch": {"version": "2.8.0", "cuda": "12.8", "index": "pypi"},
-              "base": {"bootstrap": {"suite": "bookworm"}}},
+        spec=spec,
         spec_digest="sha256:" + "9" * 64,
         lock=lock,
         base={"ref": "envkit/debian:bookworm-minbase", "suite": "bookworm"},
