@@ -14,17 +14,14 @@ from pathlib import Path
 import pytest
 
 from envkit.errors import UsageError
-from envkit.image.seal import (
+from envkit.engine.dockerarchive import archive_stream, chain_ids
+from envkit.engine.tarstream import END_OF_ARCHIVE, iter_tar, tar_header
+from envkit.image.seal_policy import (
     EMPTY_LAYER_DIGEST,
-    END_OF_ARCHIVE,
-    archive_stream,
-    chain_ids,
-    iter_tar,
     resolve_epoch,
     rewrite_layer,
     sealed_config,
     sort_key,
-    tar_header,
 )
 
 EPOCH = 1_700_000_000
@@ -244,7 +241,7 @@ def test_empty_layer_has_no_entries(tmp_path: Path) -> None:
 
 def test_truncated_layer_is_an_error(tmp_path: Path) -> None:
     layer = _make_tar([("big", b"x" * 5000, {})], EPOCH)
-    from envkit.image.seal import TarFormatError
+    from envkit.engine.tarstream import TarFormatError
 
     with pytest.raises(TarFormatError):
         _rewrite(layer[:1500], tmp_path)
@@ -367,7 +364,7 @@ def test_archive_leaves_out_layers_the_engine_holds(tmp_path: Path) -> None:
     assert paths[1][0][7:] + "/layer.tar" in names
 
 
-# Export and import (envkit.image.archive) with a stand-in engine: atomic output, interruptions, bad input.
+# Export and import (envkit.engine.archive) with a stand-in engine: atomic output, interruptions, bad input.
 
 
 class _FakeApi:
@@ -395,7 +392,7 @@ class _FakeClient:
 
 
 def test_export_writes_zstd_atomically_and_import_reads_it_back(tmp_path: Path) -> None:
-    from envkit.image.archive import export_image, import_image
+    from envkit.engine.archive import export_image, import_image
 
     payload = [b"a" * 100_000, b"b" * 50_000]
     api = _FakeApi(payload)
@@ -411,7 +408,7 @@ def test_export_writes_zstd_atomically_and_import_reads_it_back(tmp_path: Path) 
 
 def test_interrupted_export_leaves_no_file(tmp_path: Path) -> None:
     from envkit.errors import Interrupted
-    from envkit.image.archive import export_image
+    from envkit.engine.archive import export_image
 
     out = tmp_path / "demo.tar.zst"
     out.write_bytes(b"previous export")
@@ -426,7 +423,7 @@ def test_export_disk_full_is_clear(tmp_path: Path) -> None:
     import errno
 
     from envkit.errors import EnvkitError
-    from envkit.image.archive import export_image
+    from envkit.engine.archive import export_image
 
     api = _FakeApi([b"x" * 1000] * 5, fail_after=2, exc=OSError(errno.ENOSPC, "No space left on device"))
     with pytest.raises(EnvkitError, match="disk full"):
@@ -438,7 +435,7 @@ def test_import_of_a_corrupt_zstd_archive_is_an_integrity_error(tmp_path: Path) 
     import zstandard
 
     from envkit.errors import IntegrityError
-    from envkit.image.archive import import_image
+    from envkit.engine.archive import import_image
 
     blob = bytearray(zstandard.ZstdCompressor(write_checksum=True).compress(os.urandom(200_000)))
     blob[len(blob) // 2] ^= 0xFF
@@ -449,7 +446,7 @@ def test_import_of_a_corrupt_zstd_archive_is_an_integrity_error(tmp_path: Path) 
 
 
 def test_oci_export_round_trip_keeps_config_and_layers(tmp_path: Path) -> None:
-    from envkit.image.archive import export_image, import_image
+    from envkit.engine.archive import export_image, import_image
 
     layer = tmp_path / "l.tar"
     layer.write_bytes(_make_tar([("a", b"1" * 3000, {})], EPOCH))
