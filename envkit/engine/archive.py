@@ -32,16 +32,16 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from envkit.engine.client import inspect_image
+from envkit.engine.client import find_image, inspect_image
 from envkit.engine.dockerarchive import canonical_json, load_archive, read_saved
 from envkit.engine.tarstream import (
     BLOCK,
     COPY_CHUNK,
     END_OF_ARCHIVE,
     SAVE_CHUNK,
-    IterReader,
     Prefixed,
     Source,
+    buffered,
     file_chunks,
     iter_tar,
     member,
@@ -206,7 +206,7 @@ def oci_layout(saved_chunks: Iterator[bytes], spool: str, ref: str | None) -> It
                 remaining -= n
         return "sha256:" + digest.hexdigest(), info.size, path
 
-    saved = read_saved(io.BufferedReader(IterReader(saved_chunks), SAVE_CHUNK), stage)
+    saved = read_saved(buffered(saved_chunks), stage)
     config_bytes = saved.config_bytes
     diff_ids = saved.config["rootfs"]["diff_ids"]
     layers = saved.layers
@@ -354,10 +354,6 @@ def import_image(
         if type(exc).__name__ == "ZstdError":
             raise IntegrityError(f"{source} is not a valid zstd stream: {exc}") from exc
         raise
-    ids = []
-    for ref in loaded:
-        try:
-            ids.append(client.api.inspect_image(ref)["Id"])
-        except docker.errors.ImageNotFound:
-            continue
+    found = (find_image(client, ref) for ref in loaded)
+    ids = [attrs["Id"] for attrs in found if attrs is not None]
     return ImportResult(path=source, loaded=tuple(loaded), image_ids=tuple(dict.fromkeys(ids)))

@@ -28,9 +28,9 @@ from envkit.engine.tarstream import (
     COPY_CHUNK,
     END_OF_ARCHIVE,
     SAVE_CHUNK,
-    IterReader,
     Prefixed,
     Source,
+    buffered,
     file_chunks,
     iter_tar,
     member,
@@ -76,7 +76,7 @@ def chain_ids(diff_ids: Iterable[str]) -> list[str]:
 
 def save_stream(client: docker.DockerClient, ref: str) -> io.BufferedReader:
     """`docker save` of one image as a buffered reader, for `read_saved` or `iter_tar`."""
-    return io.BufferedReader(IterReader(client.api.get_image(ref, chunk_size=SAVE_CHUNK)), SAVE_CHUNK)
+    return buffered(client.api.get_image(ref, chunk_size=SAVE_CHUNK))
 
 
 @dataclass

@@ -75,6 +75,11 @@ class IterReader(io.RawIOBase):
         return n
 
 
+def buffered(chunks: Iterable[bytes], size: int = SAVE_CHUNK) -> io.BufferedReader:
+    """A buffered reader over byte chunks (the body of `docker save`), ready for `iter_tar`."""
+    return io.BufferedReader(IterReader(chunks), size)
+
+
 class Limited:
     """At most `size` bytes of an underlying stream: the data of one tar member."""
 
