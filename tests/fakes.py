@@ -7,6 +7,10 @@ tag, build, remove). Faults are injected through the constructor's knobs, never 
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import tarfile
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -164,11 +168,25 @@ class FakeApi:
             yield chunk
 
     def load_image(self, data: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+        """Keep the archive; answer `load_messages`, or else hold the image it carries and say so."""
         self.loaded = b"".join(data)
-        yield from self.owner.load_messages
+        if self.owner.load_messages:
+            yield from self.owner.load_messages
+            return
+        with tarfile.open(fileobj=io.BytesIO(self.loaded)) as archive:
+            entry = json.loads(archive.extractfile("manifest.json").read())[0]  # type: ignore[union-attr]
+            config = archive.extractfile(entry["Config"]).read()  # type: ignore[union-attr]
+        image_id = "sha256:" + hashlib.sha256(config).hexdigest()
+        layers = json.loads(config)["rootfs"]["diff_ids"]
+        self.owner.images.images[image_id] = FakeImage(image_id, attrs={"RootFS": {"Layers": layers}})
+        yield {"stream": f"Loaded image ID: {image_id}\n"}
+
+    def images(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002
+        return [{"Id": image.id} for image in self.owner.images.images.values()]
 
     def tag(self, image: str, repository: str, tag: str | None = None, force: bool = False) -> bool:
         self.tagged.append((image, repository, tag or "latest"))
+        self.owner.images.images[f"{repository}:{tag or 'latest'}"] = self.owner.images.get(image)
         return True
 
     def build(self, **kwargs: Any) -> Any:
