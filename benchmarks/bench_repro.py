@@ -30,9 +30,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from envkit.engine.archive import export_image  # noqa: E402
 from envkit.engine.client import get_client  # noqa: E402
-from envkit.image.archive import export_image  # noqa: E402
-from envkit.image.seal import SAVE_CHUNK, seal_image  # noqa: E402
+from envkit.engine.tarstream import SAVE_CHUNK  # noqa: E402
+from envkit.image.seal import seal_image  # noqa: E402
 
 TARGETS = {
     "seal_vs_cold_build": ("<=", 0.3),

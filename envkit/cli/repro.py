@@ -92,7 +92,7 @@ def diff_cmd(a: str, b: str, files: bool, as_json: bool) -> None:
               show_default=True, help="Archive layout inside the zstd stream.")
 def export_cmd(image: str, output: Path, level: int, fmt: str) -> None:
     """Write IMAGE to FILE as a zstd-compressed docker-archive or OCI layout; the image ID survives."""
-    from envkit.image.archive import export_image
+    from envkit.engine.archive import export_image
     from envkit.image.seal import human_bytes
 
     client = _client()
@@ -113,7 +113,7 @@ def export_cmd(image: str, output: Path, level: int, fmt: str) -> None:
               "(e.g. 20G; default: the engine's free disk space less a margin).")
 def import_cmd(file: Path, max_size: str | None) -> None:
     """Load an archive written by `envkit export` (docker-archive or OCI layout; zstd, gzip or plain)."""
-    from envkit.image.archive import import_image, parse_size
+    from envkit.engine.archive import import_image, parse_size
 
     cap = parse_size(max_size) if max_size is not None else None
     client = _client()

@@ -35,6 +35,7 @@ import docker.errors
 import docker.types
 
 from envkit import labels as label_keys
+from envkit.engine.tarstream import tar_bytes
 from envkit.errors import EnvkitError, GpuHostNotReady, UsageError, VerificationFailed
 
 MANAGED_LABEL = label_keys.MANAGED
@@ -484,16 +485,9 @@ def _write_private(path: Path, data: str) -> None:
 
 def secrets_archive(files: dict[str, bytes], uid: int, *, mtime: int | None = None) -> bytes:
     """A tar of files owned by ``uid``, mode 0600, for ``put_archive`` into the secrets directory."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o600
-            info.uid = info.gid = uid
-            info.mtime = int(time.time()) if mtime is None else mtime
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    entries = sorted(files.items())
+    stamp = int(time.time()) if mtime is None else mtime
+    return tar_bytes(entries, mtime=stamp, modes=dict.fromkeys(files, 0o600), uid=uid, gid=uid)
 
 
 # --- running ---------------------------------------------------------------------------------------

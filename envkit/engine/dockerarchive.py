@@ -1,27 +1,48 @@
-"""Write and load docker-archive tarballs whose image ID is fixed by their content.
+"""The docker-archive format: what `docker save` writes and `docker load` reads.
 
-``docker import`` stamps the current time into the image config, so two imports of one rootfs
-get two IDs. Writing the config ourselves (fixed ``created``, canonical JSON) and loading the
-archive gives an ID that depends only on the layers and the config we chose.
+One reader (`read_saved`: manifest.json, the config, each layer handed to the caller in one pass
+over the stream), one writer (`archive_stream`) and one `load_archive`. An image ID is the sha256
+of its config bytes, so writing the config ourselves (fixed ``created``, canonical JSON) gives an
+ID that depends only on the layers and the config we chose; ``docker import`` would stamp the
+current time into it instead.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import tarfile
-import tempfile
-from collections.abc import Iterable
+import json
+import os
+import posixpath
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import docker
+import docker.errors
 
 from envkit import digests
+from envkit.engine.tarstream import (
+    BLOCK,
+    END_OF_ARCHIVE,
+    SAVE_CHUNK,
+    Prefixed,
+    Source,
+    buffered,
+    file_chunks,
+    iter_tar,
+    member,
+    normalize_name,
+)
+from envkit.errors import EnvkitError
 from envkit.jsonio import canonical_bytes
 
-CHUNK = 4 * 1024 * 1024
+# Members of a saved archive other than layers are read into memory up to this size.
+SMALL_MEMBER_MAX = 64 << 20
+
+T = TypeVar("T")
 
 
 def rfc3339(epoch: int) -> str:
@@ -36,47 +57,147 @@ def sha256_file(path: Path) -> str:
     return "sha256:" + digests.sha256_file(path)
 
 
-def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes, mtime: int) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = mtime
-    info.mode = 0o644
-    archive.addfile(info, io.BytesIO(data))
+def chain_ids(diff_ids: Iterable[str]) -> list[str]:
+    """The engine's chain ID of each layer: it names a layer together with everything below it."""
+    chains: list[str] = []
+    for diff_id in diff_ids:
+        if chains:
+            diff_id = "sha256:" + hashlib.sha256(f"{chains[-1]} {diff_id}".encode()).hexdigest()
+        chains.append(diff_id)
+    return chains
 
 
-def write_archive(
-    out: Path,
-    config: dict[str, Any],
-    layers: Iterable[tuple[str, Path]],
-    repo_tags: list[str],
-    *,
-    mtime: int = 0,
-) -> str:
-    """Write a docker-archive to ``out``; ``layers`` are (diff_id, uncompressed layer tar) pairs.
+# --------------------------------------------------------------------------------------------
+# Reading what `docker save` sends.
 
-    Returns the image ID (sha256 of the canonical config).
+
+def save_stream(client: docker.DockerClient, ref: str) -> io.BufferedReader:
+    """`docker save` of one image as a buffered reader, for `read_saved` or `iter_tar`."""
+    return buffered(client.api.get_image(ref, chunk_size=SAVE_CHUNK))
+
+
+@dataclass
+class SavedImage(Generic[T]):
+    """One saved image: its manifest entry, its config bytes and what the caller made of each layer."""
+
+    entry: dict[str, Any]
+    config_bytes: bytes
+    members: list[str]  # the layer member of each rootfs layer, links followed, in rootfs order
+    layers: list[T]  # the caller's result for each of those members (repeated when one is shared)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads(self.config_bytes)
+
+
+LayerHandler = Callable[[str, Any, Source], T]
+
+
+def read_saved(src: Source, on_layer: LayerHandler[T]) -> SavedImage[T]:
+    """Read a docker-archive (the legacy layout or the OCI one Docker 25 writes) in one pass.
+
+    `on_layer(member, info, data)` is called for each layer tar as it streams past and may read
+    as much of `data` as it wants. Layer members are told from JSON blobs by their first byte.
     """
-    config_bytes = canonical_json(config)
-    image_id = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
-    config_name = image_id.split(":", 1)[1] + ".json"
-    layer_names: list[str] = []
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as archive:
-        for diff_id, path in layers:
-            name = diff_id.split(":", 1)[1] + "/layer.tar"
-            info = archive.gettarinfo(str(path), arcname=name)
-            info.mtime, info.uid, info.gid, info.uname, info.gname = mtime, 0, 0, "", ""
-            with path.open("rb") as handle:
-                archive.addfile(info, handle)
-            layer_names.append(name)
-        _add_bytes(archive, config_name, config_bytes, mtime)
-        manifest = [{"Config": config_name, "RepoTags": repo_tags, "Layers": layer_names}]
-        _add_bytes(archive, "manifest.json", canonical_json(manifest), mtime)
-    return image_id
+    small: dict[str, bytes] = {}
+    links: dict[str, str] = {}
+    handled: dict[str, T] = {}
+    for info, data in iter_tar(src):
+        name = normalize_name(info.name)
+        if info.issym():
+            links[name] = posixpath.normpath(posixpath.join(posixpath.dirname(name), info.linkname))
+            continue
+        if not info.isreg():
+            continue
+        if name.endswith("layer.tar") or name.startswith("blobs/"):
+            head = data.read(min(BLOCK, data.remaining))
+            if head[:1] in (b"{", b"["):
+                small[name] = head + data.read()
+            else:
+                handled[name] = on_layer(name, info, Prefixed(head, data))
+        elif info.size <= SMALL_MEMBER_MAX:
+            small[name] = data.read()
+    if "manifest.json" not in small:
+        raise EnvkitError("docker save returned no manifest.json")
+    manifest = json.loads(small["manifest.json"])
+    if len(manifest) != 1:
+        raise EnvkitError(f"docker save returned {len(manifest)} images, expected one")
+    entry = manifest[0]
+    config_bytes = small.get(normalize_name(entry["Config"]))
+    if config_bytes is None:
+        raise EnvkitError(f"docker save archive lacks config {entry['Config']}")
+    members: list[str] = []
+    for layer in entry["Layers"]:
+        path = normalize_name(layer)
+        seen: set[str] = set()
+        while path in links and path not in seen:
+            seen.add(path)
+            path = links[path]
+        if path not in handled:
+            raise EnvkitError(f"docker save archive lacks layer {layer}")
+        members.append(path)
+    return SavedImage(entry=entry, config_bytes=config_bytes, members=members,
+                      layers=[handled[m] for m in members])
 
 
-def load_archive(client: docker.DockerClient, path: Path) -> None:
-    with path.open("rb") as handle:
-        client.api.load_image(handle, quiet=True)
+# --------------------------------------------------------------------------------------------
+# Writing and loading.
+
+
+def archive_stream(config_bytes: bytes, layer_files: list[tuple[str, str]], *, epoch: int,
+                   repo_tags: list[str] | None = None, present: Collection[str] = ()) -> Iterator[bytes]:
+    """A docker-archive (manifest.json, config, layers) as chunks, read from the layer files.
+
+    `layer_files` lists (diff_id, path) in rootfs order; a diff_id given twice is stored once.
+    Layers whose chain ID is in `present` are left out: `docker load` takes a layer stack the
+    engine already holds from its store and never opens that file, so an unchanged layer costs
+    nothing to load.
+    """
+    config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
+    members: list[tuple[str, str]] = []
+    stored: set[str] = set()
+    layer_names = []
+    chains = chain_ids(d for d, _ in layer_files)
+    for (diff_id, path), chain in zip(layer_files, chains, strict=True):
+        name = diff_id.split(":", 1)[1] + "/layer.tar"
+        layer_names.append(name)
+        if name not in stored and chain not in present:
+            stored.add(name)
+            members.append((name, path))
+    manifest = json.dumps(
+        [{"Config": config_name, "RepoTags": repo_tags, "Layers": layer_names}], separators=(",", ":")
+    ).encode()
+    for name, blob in (("manifest.json", manifest), (config_name, config_bytes)):
+        yield member(name, blob, mtime=epoch)
+    for name, path in members:
+        size = os.path.getsize(path)
+        yield member(posixpath.dirname(name), mtime=epoch)
+        yield member(name, size=size, mtime=epoch)
+        yield from file_chunks(path, size, label="layer file")
+    yield END_OF_ARCHIVE
+
+
+def load_archive(client: docker.DockerClient, chunks: Iterable[bytes]) -> list[str]:
+    """`docker load` a stream; return what the engine reports loaded (IDs or tags)."""
+    loaded: list[str] = []
+    try:
+        for message in client.api.load_image(chunks):
+            if "errorDetail" in message or "error" in message:
+                detail = (message.get("errorDetail") or {}).get("message") or message.get("error")
+                raise load_error(str(detail))
+            text = str(message.get("stream") or "").strip()
+            for prefix in ("Loaded image ID: ", "Loaded image: "):
+                if text.startswith(prefix):
+                    loaded.append(text[len(prefix) :].strip())
+    except docker.errors.APIError as exc:
+        raise load_error(str(exc.explanation or exc)) from exc
+    return loaded
+
+
+def load_error(detail: str) -> EnvkitError:
+    if "no space left" in detail.lower():
+        return EnvkitError(f"the engine ran out of disk space loading the image: {detail}")
+    return EnvkitError(f"the engine refused the image: {detail}")
 
 
 def load_image(
@@ -85,11 +206,11 @@ def load_image(
     layers: list[tuple[str, Path]],
     repo_tags: list[str],
     *,
-    workdir: Path | None = None,
+    mtime: int = 0,
 ) -> str:
-    """Write the archive in a temporary directory, load it, and return the image ID."""
-    with tempfile.TemporaryDirectory(prefix="envkit-archive-", dir=workdir) as tmp:
-        archive = Path(tmp) / "image.tar"
-        image_id = write_archive(archive, config, layers, repo_tags)
-        load_archive(client, archive)
-    return image_id
+    """Load an image made of `config` (written canonically) and its (diff_id, layer tar) pairs,
+    streamed straight to the engine; return the image ID."""
+    config_bytes = canonical_json(config)
+    files = [(diff_id, os.fspath(path)) for diff_id, path in layers]
+    load_archive(client, archive_stream(config_bytes, files, epoch=mtime, repo_tags=repo_tags))
+    return "sha256:" + hashlib.sha256(config_bytes).hexdigest()

@@ -148,5 +148,5 @@ def ensure_base(
         rootfs = Path(tmp) / "rootfs.tar"
         diff_id = bootstrap_rootfs(plan, rootfs, log=log)
         config = base_config(plan, diff_id, plan.platform)
-        image_id = load_image(client, config, [(diff_id, rootfs)], [plan.tag], workdir=Path(tmp))
+        image_id = load_image(client, config, [(diff_id, rootfs)], [plan.tag])
     return BaseResult(tag=plan.tag, image_id=image_id, rootfs_sha256=diff_id, created=True)

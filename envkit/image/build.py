@@ -20,6 +20,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from envkit.engine.client import image_exists, tag_image
 from envkit.errors import (
     BuildFailed,
     CompatError,
@@ -452,13 +453,11 @@ def build_image(
         ensure_base(client, plan.base_plan, log=None)
         durations["base"] = time.monotonic() - t0
     else:
-        try:
-            client.images.get(plan.base_ref)
-        except docker.errors.ImageNotFound:
+        if not image_exists(client, plan.base_ref):
             raise NetworkError(
                 f"base image {plan.base_ref} is not present and no registry pull is attempted",
                 hint="docker load the base image, or use a bootstrap base",
-            ) from None
+            )
     inputs = build_input_digest(client, plan, seal=seal)
     if not nocache:
         from envkit.image import sealcache
@@ -466,8 +465,7 @@ def build_image(
         known = sealcache.lookup(client, inputs)
         if known:
             yield BuildEvent("phase", f"inputs unchanged since {known[7:19]} was built: reusing it")
-            repo, _, tag_part = target.rpartition(":")
-            client.api.tag(known, repo, tag_part, force=True)
+            tag_image(client, known, target)
             durations["total"] = time.monotonic() - started
             image = client.images.get(known)
             result = BuildResult(
@@ -495,8 +493,7 @@ def build_image(
         final_id = yield from seal_events(client, unsealed.id, plan.spec.source_date_epoch, nocache=nocache)
         durations["seal"] = time.monotonic() - t0
     image = client.images.get(final_id)
-    repo, _, tag_part = target.rpartition(":")
-    client.api.tag(image.id, repo, tag_part, force=True)
+    tag_image(client, image.id, target)
     from envkit.image import sealcache
 
     sealcache.remember(client, inputs, image.id)

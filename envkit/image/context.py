@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from envkit.engine.tarstream import tar_bytes
 from envkit.errors import UsageError
 
 
@@ -33,18 +32,8 @@ class BuildContext:
                 self.add(f"{prefix}/{rel}", path.read_bytes(), executable=os.access(path, os.X_OK))
 
     def to_tar(self, mtime: int) -> bytes:
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-            for name in sorted(self.files):
-                data = self.files[name]
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                info.mtime = mtime
-                info.mode = 0o755 if name in self.executable else 0o644
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                archive.addfile(info, io.BytesIO(data))
-        return buffer.getvalue()
+        entries = [(name, self.files[name]) for name in sorted(self.files)]
+        return tar_bytes(entries, mtime=mtime, modes=dict.fromkeys(self.executable, 0o755))
 
     def digest(self) -> str:
         sha = hashlib.sha256()

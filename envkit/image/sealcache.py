@@ -20,6 +20,7 @@ import docker
 import docker.errors
 
 from envkit.atomic import write_text
+from envkit.engine.client import image_exists
 
 
 def cache_path() -> Path:
@@ -44,11 +45,7 @@ def lookup(client: docker.DockerClient, unsealed_id: str) -> str | None:
     sealed = _read().get(_engine_id(client), {}).get(unsealed_id)
     if not sealed:
         return None
-    try:
-        client.images.get(sealed)
-    except docker.errors.ImageNotFound:
-        return None
-    return sealed
+    return sealed if image_exists(client, sealed) else None
 
 
 def remember(client: docker.DockerClient, unsealed_id: str, sealed_id: str) -> None:

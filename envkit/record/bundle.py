@@ -26,6 +26,8 @@ import docker.errors
 from envkit import platforms
 from envkit.atomic import open_atomic
 from envkit.digests import sha256_file, sha256_stream
+from envkit.engine.client import find_image, inspect_image
+from envkit.engine.dockerarchive import load_archive
 from envkit.errors import IntegrityError, NetworkError, UsageError
 from envkit.jsonio import pretty_text
 from envkit.record.manifest import Manifest, parse_manifest
@@ -305,10 +307,8 @@ def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
 def load_base(client: docker.DockerClient, bundle: OpenBundle, say: Say = _quiet) -> None:
     """Load the bundle's base image unless the engine already has it under the same ID."""
     ref, expected = bundle.index.base_ref, bundle.index.base_image_id
-    try:
-        present = client.images.get(ref).id
-    except docker.errors.ImageNotFound:
-        present = None
+    attrs = find_image(client, ref)
+    present = attrs["Id"] if attrs is not None else None
     if present == expected:
         return
     if present is not None:
@@ -318,8 +318,8 @@ def load_base(client: docker.DockerClient, bundle: OpenBundle, say: Say = _quiet
     with tarfile.open(bundle.path, "r:") as tar:
         source = tar.extractfile(BASE_NAME)
         assert source is not None
-        client.api.load_image(source)
-    loaded = client.images.get(ref).id
+        load_archive(client, iter(lambda: source.read(CHUNK), b""))
+    loaded = inspect_image(client, ref)["Id"]
     if loaded != expected:
         raise IntegrityError(f"the bundle's base loaded as {loaded}, its index records {expected}")
 

@@ -11,7 +11,6 @@ template's logical layers (base, system packages, Python environment, the image'
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import posixpath
@@ -26,8 +25,10 @@ import docker
 import docker.errors
 from packaging.utils import canonicalize_name
 
+from envkit.engine.client import find_image, inspect_image
+from envkit.engine.dockerarchive import read_saved, save_stream
+from envkit.engine.tarstream import COPY_CHUNK, iter_tar, normalize_name
 from envkit.errors import UsageError
-from envkit.image.seal import COPY_CHUNK, SAVE_CHUNK, IterReader, Prefixed, iter_tar, normalize_name
 from envkit.record.manifest import Manifest, read_manifest
 
 SUMMARY_LIMIT = 10
@@ -240,17 +241,16 @@ def _norm_pkg(name: str) -> str:
 def inspect_or_usage(client: docker.DockerClient, ref: str) -> dict[str, Any]:
     """Inspect an image by ID or tag, or by catalog name (``pytorch-cuda:2.8`` is the image tagged
     ``envkit/pytorch-cuda:2.8``); a missing one is a usage error naming it (exit 2)."""
-    try:
-        return client.api.inspect_image(ref)
-    except docker.errors.ImageNotFound as exc:
-        tagged = _catalog_tag(ref)
-        if tagged is not None:
-            try:
-                return client.api.inspect_image(tagged)
-            except docker.errors.ImageNotFound:
-                raise UsageError(f"image {ref} ({tagged}) not found",
-                                 hint=f"build it first: envkit build {ref}") from exc
-        raise UsageError(f"image {ref} not found", hint="list images with `docker images`") from exc
+    attrs = find_image(client, ref)
+    if attrs is not None:
+        return attrs
+    tagged = _catalog_tag(ref)
+    if tagged is not None:
+        attrs = find_image(client, tagged)
+        if attrs is None:
+            raise UsageError(f"image {ref} ({tagged}) not found", hint=f"build it first: envkit build {ref}")
+        return attrs
+    return inspect_image(client, ref)
 
 
 def _catalog_tag(ref: str) -> str | None:
@@ -267,36 +267,11 @@ def collect_image(client: docker.DockerClient, ref: str, *, attrs: dict[str, Any
     """Read an image's config, every layer's file list and its package lists (one `docker save`)."""
     attrs = attrs or inspect_or_usage(client, ref)
     image_id = attrs["Id"]
-    small: dict[str, bytes] = {}
-    links: dict[str, str] = {}
-    scanned: dict[str, _ScannedLayer] = {}
-    stream = io.BufferedReader(IterReader(client.api.get_image(image_id, chunk_size=SAVE_CHUNK)), SAVE_CHUNK)
-    for info, data in iter_tar(stream):
-        name = normalize_name(info.name)
-        if info.issym():
-            links[name] = posixpath.normpath(posixpath.join(posixpath.dirname(name), info.linkname))
-        elif info.isreg() and (name.endswith("layer.tar") or name.startswith("blobs/")):
-            head = data.read(min(512, data.remaining))
-            if head[:1] in (b"{", b"["):
-                small[name] = head + data.read()
-            else:
-                scanned[name] = scan_layer(Prefixed(head, data))
-        elif info.isreg() and info.size <= 64 << 20:
-            small[name] = data.read()
-    manifest = json.loads(small["manifest.json"])[0]
-    config = json.loads(small[normalize_name(manifest["Config"])])
+    saved = read_saved(save_stream(client, image_id), lambda _member, _info, data: scan_layer(data))
+    config = saved.config
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
-    layers: list[LayerView] = []
-    ordered: list[_ScannedLayer] = []
-    for digest, member in zip(diff_ids, manifest["Layers"], strict=True):
-        path = normalize_name(member)
-        seen: set[str] = set()
-        while path in links and path not in seen:
-            seen.add(path)
-            path = links[path]
-        layer = scanned[path]
-        ordered.append(layer)
-        layers.append(LayerView(digest=digest, files=layer.files))
+    ordered = saved.layers
+    layers = [LayerView(digest=d, files=layer.files) for d, layer in zip(diff_ids, ordered, strict=True)]
     merged = merge_captured(ordered)
     return ImageView(
         ref=ref,

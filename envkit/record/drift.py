@@ -36,6 +36,7 @@ from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from envkit import labels, platforms
+from envkit.engine.client import tag_image
 from envkit.errors import IntegrityError, NetworkError, ReproMismatch, UsageError
 from envkit.record.manifest import DiffCounts, Drift, LockedWheel, Manifest, seal_manifest
 from envkit.record.snapshot import COLLECT_SCRIPT, collect_packages, snapshot
@@ -486,7 +487,7 @@ def drift_events(
     assert drift is not None
     target = drift_tag(manifest, tag)
     if not drift.wheels and not drift.removed:
-        _tag(client, base_id, target)
+        tag_image(client, base_id, target)
         result = DriftResult(base_id, target, base_id, 0, 0, [])
         yield BuildEvent("done", "no Python drift", data={"result": result})
         return
@@ -507,13 +508,8 @@ def drift_events(
     sealed = yield from seal_events(client, unsealed, manifest.source_date_epoch, nocache=nocache)
     yield BuildEvent("phase", "drift: checking the Python set against the container's")
     check_drift_image(client, manifest, sealed)
-    _tag(client, sealed, target)
+    tag_image(client, sealed, target)
     layers = list((client.api.inspect_image(sealed).get("RootFS") or {}).get("Layers") or [])
     result = DriftResult(sealed, target, unsealed, len(drift.wheels), len(drift.removed),
                          layers[len(manifest.image.layers):])
     yield BuildEvent("done", f"built {target}", data={"result": result})
-
-
-def _tag(client: docker.DockerClient, image_id: str, target: str) -> None:
-    repo, _, tag_part = target.rpartition(":")
-    client.api.tag(image_id, repo, tag_part, force=True)

@@ -8,13 +8,11 @@ report before failing. It raises only for bad input (unknown image) and an unrea
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -24,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from envkit import labels as label_keys
+from envkit.engine.tarstream import tar_bytes
 from envkit.errors import EngineUnreachable, EnvkitError, GpuHostNotReady, UsageError, VerificationFailed
 from envkit.incontainer.probe import EVENT_PREFIX, PROBE_DIR, SCRIPT_FILES, archs
 from envkit.verify import preflight as pf
@@ -177,17 +176,8 @@ class NativeExecutor:
 def probe_archive() -> bytes:
     """The probe scripts as a tar for ``put_archive``: fixed owner and modes so a non-root image
     user can read them."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        info = tarfile.TarInfo("envkit-probe")
-        info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
-        tar.addfile(info)
-        for name in SCRIPT_FILES:
-            data = (PROBE_DIR / name).read_bytes()
-            info = tarfile.TarInfo(f"envkit-probe/{name}")
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    files = [(f"envkit-probe/{name}", (PROBE_DIR / name).read_bytes()) for name in SCRIPT_FILES]
+    return tar_bytes([("envkit-probe", None), *files])
 
 
 def map_start_error(text: str, *, min_driver: str | None = None, cuda: str | None = None) -> EnvkitError:

@@ -30,7 +30,7 @@ def _bomb(path: Path, size: int) -> None:
 
 
 def test_engine_import_refuses_a_zstd_bomb_without_loading_it(docker_client, tmp_path: Path) -> None:
-    from envkit.image.archive import import_image
+    from envkit.engine.archive import import_image
 
     bomb = tmp_path / "bomb.tar.zst"
     _bomb(bomb, 1 << 30)
@@ -42,7 +42,7 @@ def test_engine_import_refuses_a_zstd_bomb_without_loading_it(docker_client, tmp
 
 
 def test_engine_import_refuses_a_truncated_archive(docker_client, tmp_path: Path) -> None:
-    from envkit.image.archive import import_image
+    from envkit.engine.archive import import_image
 
     whole = tmp_path / "whole.tar.zst"
     _bomb(whole, 8 << 20)

@@ -250,7 +250,7 @@ def test_diff_names_the_differences_and_exits_9(client, images: Images) -> None:
 
 @pytest.mark.parametrize("fmt", ["docker-archive", "oci"])
 def test_export_import_round_trip_keeps_the_id(client, images: Images, tmp_path: Path, fmt: str) -> None:
-    from envkit.image.archive import export_image, import_image
+    from envkit.engine.archive import export_image, import_image
 
     images.build("export", build_time=EPOCH + 5)
     ref = images.tags[-1]
@@ -275,7 +275,8 @@ def _rebuilt_twin(client: docker.DockerClient, ref: str) -> str:
     What two builds give when the build itself made the layers deterministic: the classic builder
     still stamps its own time, container and parent image into the config.
     """
-    from envkit.image.seal import archive_stream, engine_chains, load_archive
+    from envkit.engine.client import engine_chains
+    from envkit.engine.dockerarchive import archive_stream, load_archive
 
     with tarfile.open(fileobj=io.BytesIO(b"".join(client.api.get_image(ref)))) as tf:
         manifest = json.loads(tf.extractfile("manifest.json").read())[0]

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import zstandard
 
+from envkit.engine import archive
+from envkit.engine.archive import import_image, parse_size
 from envkit.errors import IntegrityError, UsageError
-from envkit.image import archive
-from envkit.image.archive import import_image, parse_size
 
 
 class _CountingApi:

@@ -15,6 +15,7 @@ from envkit.errors import BuildFailed, IntegrityError, Interrupted, NetworkError
 from envkit.image import build as build_mod
 from envkit.image.context import BuildContext, detect_ca_bundle, proxy_build_args
 from envkit.lock.apt import parse_dry_run
+from tests.fakes import FakeClient
 
 
 def test_context_tar_is_deterministic_and_sorted() -> None:
@@ -113,34 +114,6 @@ def test_network_failures_and_plain_failures_are_told_apart() -> None:
     assert "Step 3/9" in plain.message and "Unable to locate package nope" in (plain.details or "")
 
 
-class FakeAPI:
-    """Just enough of docker's APIClient for _stream_build: a scripted build stream."""
-
-    def __init__(self, chunks: list[dict[str, Any]], interrupt_after: int | None = None) -> None:
-        self.chunks = chunks
-        self.interrupt_after = interrupt_after
-        self.removed: list[str] = []
-        self.closed = False
-
-    def build(self, **kwargs: Any) -> Any:
-        api = self
-
-        class Stream:
-            def __iter__(self) -> Any:
-                for index, chunk in enumerate(api.chunks):
-                    if api.interrupt_after is not None and index == api.interrupt_after:
-                        raise KeyboardInterrupt
-                    yield chunk
-
-            def close(self) -> None:
-                api.closed = True
-
-        return Stream()
-
-    def remove_container(self, container_id: str, force: bool = False) -> None:
-        self.removed.append(container_id)
-
-
 def _plan() -> Any:
     spec = SimpleNamespace(source_date_epoch=0, platform="linux/amd64")
     return SimpleNamespace(spec=spec)
@@ -160,8 +133,8 @@ STREAM = [
 
 
 def test_stream_yields_steps_joining_split_lines(no_context: None) -> None:
-    api = FakeAPI([*STREAM, {"stream": "Successfully built 0123456789abcdef\n"}])
-    events = list(build_mod._stream_build(SimpleNamespace(api=api), _plan(), nocache=False))
+    client = FakeClient(build_stream=[*STREAM, {"stream": "Successfully built 0123456789abcdef\n"}])
+    events = list(build_mod._stream_build(client, _plan(), nocache=False))
     steps = [(e.step, e.message) for e in events if e.kind == "step"]
     assert steps == [(1, "FROM base"), (2, "RUN apt-get install x")]
     downloads = [e.message for e in events if e.kind == "download"]
@@ -170,17 +143,19 @@ def test_stream_yields_steps_joining_split_lines(no_context: None) -> None:
 
 
 def test_interrupt_removes_started_containers_and_raises_130(no_context: None) -> None:
-    api = FakeAPI(STREAM + [{"stream": "more\n"}], interrupt_after=4)
+    client = FakeClient(build_stream=STREAM + [{"stream": "more\n"}], build_interrupt_after=4)
+    api = client.api
     with pytest.raises(Interrupted) as info:
-        list(build_mod._stream_build(SimpleNamespace(api=api), _plan(), nocache=False))
+        list(build_mod._stream_build(client, _plan(), nocache=False))
     assert info.value.exit_code == 130
     assert api.closed
     assert api.removed == ["0123456789ab"]
 
 
 def test_error_chunk_fails_the_build_and_cleans_up(no_context: None) -> None:
-    api = FakeAPI([*STREAM, {"stream": "E: Unable to locate package nope\n"}, {"error": "returned a non-zero code: 100"}])
+    client = FakeClient(build_stream=[*STREAM, {"stream": "E: Unable to locate package nope\n"}, {"error": "returned a non-zero code: 100"}])
+    api = client.api
     with pytest.raises(BuildFailed) as info:
-        list(build_mod._stream_build(SimpleNamespace(api=api), _plan(), nocache=False))
+        list(build_mod._stream_build(client, _plan(), nocache=False))
     assert "Step 2/3" in info.value.message
     assert api.removed == ["0123456789ab"]

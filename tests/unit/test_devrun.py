@@ -15,98 +15,18 @@ import pytest
 
 from envkit.dev import run as devrun
 from envkit.errors import GpuHostNotReady, UsageError
+from tests.fakes import FakeClient, FakeContainer, FakeImage
 
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHc6m1yLk3JH2o0Xb9m7Q8kq1c2v3b4n5m6a7s8d9f0g user@laptop\n"
 
 
-class FakeContainer:
-    def __init__(self, name: str, kwargs: dict[str, Any] | None = None, *, running: bool = True) -> None:
-        self.name = name
-        self.id = f"id-{name}"
-        self.kwargs = kwargs or {}
-        self.archives: list[tuple[str, bytes]] = []
-        self.started = False
-        self.stopped = False
-        labels = self.kwargs.get("labels", {devrun.MANAGED_LABEL: "true"})
-        ports = {
-            inner: [{"HostIp": host, "HostPort": str(port or 40000 + i)}]
-            for i, (inner, (host, port)) in enumerate(self.kwargs.get("ports", {}).items())
-        }
-        self.attrs: dict[str, Any] = {
-            "Config": {"Labels": labels},
-            "State": {"Running": running, "Status": "running" if running else "exited", "ExitCode": 3},
-            "NetworkSettings": {"Ports": ports},
-        }
-        self.status = self.attrs["State"]["Status"]
-
-    def put_archive(self, path: str, data: bytes) -> bool:
-        self.archives.append((path, data))
-        return True
-
-    def start(self) -> None:
-        self.started = True
-
-    def reload(self) -> None:
-        pass
-
-    def logs(self, tail: int = 30, **_: Any) -> bytes:
-        return b"jupyter: crashed on purpose\n"
-
-    def stop(self, timeout: int = 10) -> None:
-        self.stopped = True
+def dev_image(variant: str = "dev", user: str = "1000:1000") -> FakeImage:
+    return FakeImage(labels={"io.envkit.variant": variant}, user=user)
 
 
-class FakeImage:
-    def __init__(self, variant: str = "dev", user: str = "1000:1000") -> None:
-        self.id = "sha256:" + "1" * 64
-        self.attrs = {"Config": {"User": user, "Labels": {"io.envkit.variant": variant}}}
-
-
-class FakeImages:
-    def __init__(self, image: FakeImage | None) -> None:
-        self.image = image
-
-    def get(self, ref: str) -> FakeImage:
-        if self.image is None:
-            raise docker.errors.ImageNotFound(ref)
-        return self.image
-
-
-class FakeContainers:
-    def __init__(self) -> None:
-        self.created: list[FakeContainer] = []
-        self.existing: list[FakeContainer] = []
-
-    def create(self, image: str, **kwargs: Any) -> FakeContainer:
-        container = FakeContainer(kwargs["name"], kwargs)
-        self.created.append(container)
-        return container
-
-    def list(self, all: bool = False, filters: dict[str, str] | None = None) -> list[FakeContainer]:
-        found = self.existing + self.created
-        if filters and "label" in filters:
-            key, _, value = filters["label"].partition("=")
-            found = [c for c in found if c.attrs["Config"]["Labels"].get(key) == value]
-        return found
-
-
-class FakeApi:
-    def __init__(self) -> None:
-        self.removed: list[str] = []
-
-    def remove_container(self, container_id: str, force: bool = False) -> None:
-        self.removed.append(container_id)
-
-
-class FakeClient:
-    def __init__(self, image: FakeImage | None = None, runtimes: dict[str, Any] | None = None) -> None:
-        self.images = FakeImages(image if image is not None else FakeImage())
-        self.containers = FakeContainers()
-        self.api = FakeApi()
-        self._runtimes = runtimes if runtimes is not None else {"runc": {}}
-
-    def info(self) -> dict[str, Any]:
-        return {"Runtimes": self._runtimes, "MemTotal": 24 * 1024**3}
+def dev_client(image: FakeImage | None = None, runtimes: dict[str, Any] | None = None) -> FakeClient:
+    """An engine where every reference names one dev image and a service dies with a known log."""
+    return FakeClient(default_image=image or dev_image(), runtimes=runtimes, logs="jupyter: crashed on purpose\n")
 
 
 @pytest.fixture(autouse=True)
@@ -158,9 +78,9 @@ def test_gpus_forms_and_refusals() -> None:
 def test_gpu_request_on_a_host_without_the_nvidia_runtime_exits_7(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(devrun.shutil, "which", lambda name: None)
     with pytest.raises(GpuHostNotReady) as caught:
-        devrun.plan_run(FakeClient(), "img", gpus="all", command=["nvidia-smi"])
+        devrun.plan_run(dev_client(), "img", gpus="all", command=["nvidia-smi"])
     assert caught.value.exit_code == 7
-    plan = devrun.plan_run(FakeClient(runtimes={"nvidia": {}}), "img", gpus="all", command=["nvidia-smi"])
+    plan = devrun.plan_run(dev_client(runtimes={"nvidia": {}}), "img", gpus="all", command=["nvidia-smi"])
     assert plan.gpus is not None and plan.gpus.capabilities == [["gpu"]]
 
 
@@ -184,32 +104,32 @@ def test_jupyter_password_must_be_a_hash() -> None:
 
 def test_ssh_without_keys_and_services_on_a_runtime_image_are_refused(keys: Path) -> None:
     with pytest.raises(UsageError, match="--authorized-keys"):
-        devrun.plan_run(FakeClient(), "img", services=["ssh"])
+        devrun.plan_run(dev_client(), "img", services=["ssh"])
     with pytest.raises(UsageError, match="not a dev image"):
-        devrun.plan_run(FakeClient(FakeImage(variant="runtime")), "img", services=["jupyter"])
+        devrun.plan_run(dev_client(dev_image(variant="runtime")), "img", services=["jupyter"])
     with pytest.raises(UsageError, match="not on this engine"):
-        client = FakeClient()
-        client.images.image = None
+        client = dev_client()
+        client.images.default = None
         devrun.plan_run(client, "img", services=["jupyter"])
     with pytest.raises(UsageError, match="non-root"):
-        devrun.plan_run(FakeClient(FakeImage(user="")), "img", services=["jupyter"])
+        devrun.plan_run(dev_client(dev_image(user="")), "img", services=["jupyter"])
 
 
 def test_ports_default_to_loopback_and_other_binds_warn() -> None:
-    plan = devrun.plan_run(FakeClient(), "img", services=["jupyter"], host_ports={"jupyter": 0})
+    plan = devrun.plan_run(dev_client(), "img", services=["jupyter"], host_ports={"jupyter": 0})
     assert plan.bind == "127.0.0.1" and plan.warnings == []
-    wide = devrun.plan_run(FakeClient(), "img", services=["tensorboard"], bind="0.0.0.0",
+    wide = devrun.plan_run(dev_client(), "img", services=["tensorboard"], bind="0.0.0.0",
                            host_ports={"tensorboard": 0})
     assert any("0.0.0.0" in w and "TensorBoard has no login" in w for w in wide.warnings)
     with pytest.raises(UsageError, match="not an IP address"):
-        devrun.plan_run(FakeClient(), "img", services=["jupyter"], bind="localhost; rm")
+        devrun.plan_run(dev_client(), "img", services=["jupyter"], bind="localhost; rm")
 
 
 def test_a_port_already_taken_names_the_port_and_this_process_as_holder(listener: socket.socket) -> None:
     port = listener.getsockname()[1]
     assert not devrun.port_free("127.0.0.1", port)
     with pytest.raises(devrun.PortInUse) as caught:
-        devrun.plan_run(FakeClient(), "img", services=["jupyter"], host_ports={"jupyter": port})
+        devrun.plan_run(dev_client(), "img", services=["jupyter"], host_ports={"jupyter": port})
     message = str(caught.value)
     assert f"port {port} on 127.0.0.1 is already in use" in message
     assert f"process {os.getpid()}" in message
@@ -219,7 +139,7 @@ def test_a_port_already_taken_names_the_port_and_this_process_as_holder(listener
 
 def test_a_port_held_by_a_container_names_the_container(listener: socket.socket) -> None:
     port = listener.getsockname()[1]
-    client = FakeClient()
+    client = dev_client()
     other = FakeContainer("someone-elses-jupyter")
     other.attrs["NetworkSettings"]["Ports"] = {"8888/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
     client.containers.existing.append(other)
@@ -227,17 +147,17 @@ def test_a_port_held_by_a_container_names_the_container(listener: socket.socket)
 
 
 def test_engine_port_and_gpu_errors_are_explained() -> None:
-    plan = devrun.plan_run(FakeClient(), "img", services=["jupyter"], host_ports={"jupyter": 0})
+    plan = devrun.plan_run(dev_client(), "img", services=["jupyter"], host_ports={"jupyter": 0})
     plan.host_ports["jupyter"] = 8899
     error = devrun._engine_error(
         docker.errors.APIError("500", explanation="driver failed programming external connectivity: "
                                "Bind for 127.0.0.1:8899 failed: port is already allocated"),
-        plan, FakeClient(),
+        plan, dev_client(),
     )
     assert isinstance(error, devrun.PortInUse) and "port 8899" in str(error)
     gpu = devrun._engine_error(
         docker.errors.APIError("500", explanation='could not select device driver "" with capabilities: [[gpu]]'),
-        plan, FakeClient(),
+        plan, dev_client(),
     )
     assert isinstance(gpu, GpuHostNotReady)
 
@@ -248,7 +168,7 @@ def _tar_members(data: bytes) -> dict[str, tarfile.TarInfo]:
 
 
 def test_secrets_go_into_the_container_never_into_its_config(keys: Path, state_dir: Path) -> None:
-    client = FakeClient()
+    client = dev_client()
     plan = devrun.plan_run(
         client, "img", services=["jupyter", "ssh"], authorized_keys=keys,
         host_ports={"jupyter": 0, "ssh": 0}, name="devbox",
@@ -282,11 +202,11 @@ def test_secrets_go_into_the_container_never_into_its_config(keys: Path, state_d
 
 
 def test_a_service_that_dies_is_reported_with_its_logs_and_the_container_removed(state_dir: Path) -> None:
-    client = FakeClient()
+    client = dev_client()
     plan = devrun.plan_run(client, "img", services=["jupyter"], host_ports={"jupyter": 0}, name="dies")
 
     def create_stopped(image: str, **kwargs: Any) -> FakeContainer:
-        container = FakeContainer(kwargs["name"], kwargs, running=False)
+        container = FakeContainer(kwargs["name"], kwargs, owner=client, running=False)
         client.containers.created.append(container)
         return container
 
@@ -300,7 +220,7 @@ def test_a_service_that_dies_is_reported_with_its_logs_and_the_container_removed
 
 
 def test_a_service_that_never_answers_times_out_naming_it() -> None:
-    client = FakeClient()
+    client = dev_client()
     plan = devrun.plan_run(client, "img", services=["tensorboard"], host_ports={"tensorboard": 0}, name="slow")
     container, _ = devrun.create(client, plan)
     now = [0.0]
@@ -317,7 +237,7 @@ def test_a_service_that_never_answers_times_out_naming_it() -> None:
 
 
 def test_endpoints_carry_the_token_only_in_the_login_url() -> None:
-    client = FakeClient()
+    client = dev_client()
     plan = devrun.plan_run(client, "img", services=["jupyter", "tensorboard"],
                            host_ports={"jupyter": 0, "tensorboard": 0}, name="urls")
     container, token_file = devrun.create(client, plan)
@@ -331,7 +251,7 @@ def test_endpoints_carry_the_token_only_in_the_login_url() -> None:
 
 
 def test_stop_touches_only_containers_envkit_started(state_dir: Path) -> None:
-    client = FakeClient()
+    client = dev_client()
     mine = FakeContainer("mine", {"labels": {devrun.MANAGED_LABEL: "true",
                                              devrun.STATE_LABEL: str(state_dir / "run" / "mine")}})
     theirs = FakeContainer("theirs", {"labels": {}})
@@ -350,7 +270,7 @@ def test_stop_touches_only_containers_envkit_started(state_dir: Path) -> None:
 def test_a_forged_state_label_cannot_remove_other_directories(tmp_path: Path) -> None:
     victim = tmp_path / "precious"
     victim.mkdir()
-    client = FakeClient()
+    client = dev_client()
     client.containers.existing.append(
         FakeContainer("forged", {"labels": {devrun.MANAGED_LABEL: "true", devrun.STATE_LABEL: str(victim)}})
     )
@@ -361,7 +281,7 @@ def test_a_forged_state_label_cannot_remove_other_directories(tmp_path: Path) ->
 def test_run_command_refuses_bad_input_with_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from envkit.cli import app as cli_module
 
-    monkeypatch.setattr("envkit.engine.client.get_client", lambda *a, **k: FakeClient())
+    monkeypatch.setattr("envkit.engine.client.get_client", lambda *a, **k: dev_client())
     assert cli_module.main(["run", "envkit-test/x:1", "--ssh"]) == 2
     assert cli_module.main(["run", "envkit-test/x:1", "--jupyter", "--bind", "not-an-ip"]) == 2
     assert cli_module.main(["run", "envkit-test/x:1", "-e", "ENVKIT_SERVICES=ssh", "--", "true"]) == 2

@@ -27,6 +27,7 @@ from envkit.record.diff import (
     scan_layer,
 )
 from envkit.record.manifest import read_manifest, write_manifest
+from tests.fakes import FakeClient, FakeImage
 from tests.unit.test_snapshot import _manifest
 
 DPKG_STATUS = b"""Package: libc6
@@ -260,32 +261,19 @@ def test_the_old_manifest_shape_is_refused(tmp_path: Path) -> None:
         load_manifest(str(path))
 
 
-class _NoImages:
-    class api:  # noqa: N801 - mimics docker.DockerClient.api
-        @staticmethod
-        def inspect_image(ref: str) -> dict:
-            raise docker.errors.ImageNotFound(f"No such image: {ref}")
-
-
 def test_missing_image_is_a_usage_error_naming_it() -> None:
     with pytest.raises(UsageError, match="nosuch:1") as info:
-        diff_images(_NoImages(), "nosuch:1", "other:2")
+        diff_images(FakeClient(), "nosuch:1", "other:2")
     assert info.value.exit_code == 2
 
 
-class _OnlyTagged:
-    class api:  # noqa: N801 - mimics docker.DockerClient.api
-        @staticmethod
-        def inspect_image(ref: str) -> dict:
-            if ref == "envkit/pytorch-cuda:2.8":
-                return {"Id": "sha256:" + "8" * 64}
-            raise docker.errors.ImageNotFound(f"No such image: {ref}")
+_ONLY_TAGGED = {"envkit/pytorch-cuda:2.8": FakeImage("sha256:" + "8" * 64)}
 
 
 def test_a_catalog_name_means_its_image_tag() -> None:
-    assert inspect_or_usage(_OnlyTagged(), "pytorch-cuda:2.8")["Id"] == "sha256:" + "8" * 64
+    assert inspect_or_usage(FakeClient(_ONLY_TAGGED), "pytorch-cuda:2.8")["Id"] == "sha256:" + "8" * 64
     with pytest.raises(UsageError, match=r"pytorch-cuda:2.7 \(envkit/pytorch-cuda:2.7\) not found") as info:
-        inspect_or_usage(_OnlyTagged(), "pytorch-cuda:2.7")
+        inspect_or_usage(FakeClient(_ONLY_TAGGED), "pytorch-cuda:2.7")
     assert "envkit build pytorch-cuda:2.7" in (info.value.hint or "")
 
 

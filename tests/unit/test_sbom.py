@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
-import docker.errors
 import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
@@ -25,6 +23,7 @@ from envkit.record.manifest import (
     write_manifest,
 )
 from envkit.record.snapshot import python_packages_against_lock
+from tests.fakes import FakeClient
 from tests.unit.test_snapshot import make_lock, make_spec
 
 IMAGE_ID = "sha256:" + "c" * 64
@@ -283,15 +282,11 @@ def test_cli_refuses_an_edited_manifest_with_exit_5(tmp_path: Path, capsys: pyte
     assert not output.exists()
 
 
-def _no_such_image(ref: str) -> dict:
-    raise docker.errors.ImageNotFound(f"No such image: {ref}")
-
-
 def test_cli_names_a_missing_image_with_exit_2(monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     from envkit.cli.app import main
 
-    monkeypatch.setattr("envkit.engine.client.get_client", lambda *a, **k: SimpleNamespace(api=SimpleNamespace(inspect_image=_no_such_image)))
+    monkeypatch.setattr("envkit.engine.client.get_client", lambda *a, **k: FakeClient())
     assert main(["sbom", "envkit-test/absent:nothing", "--format", "cyclonedx"]) == 2
     out, err = _output(capsys)
     assert "image envkit-test/absent:nothing not found" in err

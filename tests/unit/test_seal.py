@@ -13,19 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from envkit.engine.dockerarchive import archive_stream, chain_ids
+from envkit.engine.tarstream import END_OF_ARCHIVE, iter_tar, tar_header
 from envkit.errors import UsageError
-from envkit.image.seal import (
+from envkit.image.seal_policy import (
     EMPTY_LAYER_DIGEST,
-    END_OF_ARCHIVE,
-    archive_stream,
-    chain_ids,
-    iter_tar,
     resolve_epoch,
     rewrite_layer,
     sealed_config,
     sort_key,
-    tar_header,
 )
+from tests.fakes import FakeClient, FakeImage
 
 EPOCH = 1_700_000_000
 
@@ -244,7 +242,7 @@ def test_empty_layer_has_no_entries(tmp_path: Path) -> None:
 
 def test_truncated_layer_is_an_error(tmp_path: Path) -> None:
     layer = _make_tar([("big", b"x" * 5000, {})], EPOCH)
-    from envkit.image.seal import TarFormatError
+    from envkit.engine.tarstream import TarFormatError
 
     with pytest.raises(TarFormatError):
         _rewrite(layer[:1500], tmp_path)
@@ -367,58 +365,43 @@ def test_archive_leaves_out_layers_the_engine_holds(tmp_path: Path) -> None:
     assert paths[1][0][7:] + "/layer.tar" in names
 
 
-# Export and import (envkit.image.archive) with a stand-in engine: atomic output, interruptions, bad input.
+# Export and import (envkit.engine.archive) with a stand-in engine: atomic output, interruptions, bad input.
 
 
-class _FakeApi:
-    def __init__(self, chunks: list[bytes], fail_after: int | None = None, exc: BaseException | None = None):
-        self.chunks, self.fail_after, self.exc = chunks, fail_after, exc
-        self.loaded = b""
-
-    def inspect_image(self, ref: str) -> dict:
-        return {"Id": "sha256:" + "e" * 64, "RepoTags": ["demo:1"]}
-
-    def get_image(self, ref: str, chunk_size: int = 0):
-        for i, chunk in enumerate(self.chunks):
-            if self.fail_after is not None and i == self.fail_after:
-                raise self.exc
-            yield chunk
-
-    def load_image(self, data):
-        self.loaded = b"".join(data)
-        yield {"stream": "Loaded image: demo:1\n"}
+DEMO = FakeImage("sha256:" + "e" * 64, tags=["demo:1"])
 
 
-class _FakeClient:
-    def __init__(self, api: _FakeApi) -> None:
-        self.api = api
+def _engine(saved: list[bytes], fail_after: int | None = None, exc: BaseException | None = None) -> FakeClient:
+    """An engine holding demo:1, whose `docker save` streams `saved` (failing at chunk `fail_after`)."""
+    return FakeClient({"demo:1": DEMO}, saved=saved, save_fails_after=fail_after, save_error=exc,
+                      load_messages=[{"stream": "Loaded image: demo:1\n"}])
 
 
 def test_export_writes_zstd_atomically_and_import_reads_it_back(tmp_path: Path) -> None:
-    from envkit.image.archive import export_image, import_image
+    from envkit.engine.archive import export_image, import_image
 
     saved = _make_tar([("a", b"a" * 100_000, {}), ("b", b"b" * 50_000, {})], EPOCH)
     payload = [saved[:70_000], saved[70_000:]]
-    api = _FakeApi(payload)
+    client = _engine(payload)
     out = tmp_path / "sub" / "demo.tar.zst"
-    result = export_image(_FakeClient(api), "demo:1", out)
+    result = export_image(client, "demo:1", out)
     assert out.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
     assert result.uncompressed_bytes == len(saved) and result.compressed_bytes == out.stat().st_size
     assert [p.name for p in out.parent.iterdir()] == ["demo.tar.zst"]
-    imported = import_image(_FakeClient(api), out)
-    assert api.loaded == b"".join(payload)
+    imported = import_image(client, out)
+    assert client.api.loaded == b"".join(payload)
     assert imported.loaded == ("demo:1",)
 
 
 def test_interrupted_export_leaves_no_file(tmp_path: Path) -> None:
+    from envkit.engine.archive import export_image
     from envkit.errors import Interrupted
-    from envkit.image.archive import export_image
 
     out = tmp_path / "demo.tar.zst"
     out.write_bytes(b"previous export")
-    api = _FakeApi([b"x" * 1000] * 5, fail_after=3, exc=KeyboardInterrupt())
+    client = _engine([b"x" * 1000] * 5, fail_after=3, exc=KeyboardInterrupt())
     with pytest.raises(Interrupted):
-        export_image(_FakeClient(api), "demo:1", out)
+        export_image(client, "demo:1", out)
     assert out.read_bytes() == b"previous export"  # the old file, untouched
     assert [p.name for p in tmp_path.iterdir()] == ["demo.tar.zst"]
 
@@ -426,40 +409,40 @@ def test_interrupted_export_leaves_no_file(tmp_path: Path) -> None:
 def test_export_disk_full_is_clear(tmp_path: Path) -> None:
     import errno
 
+    from envkit.engine.archive import export_image
     from envkit.errors import EnvkitError
-    from envkit.image.archive import export_image
 
-    api = _FakeApi([b"x" * 1000] * 5, fail_after=2, exc=OSError(errno.ENOSPC, "No space left on device"))
+    client = _engine([b"x" * 1000] * 5, fail_after=2, exc=OSError(errno.ENOSPC, "No space left on device"))
     with pytest.raises(EnvkitError, match="disk full"):
-        export_image(_FakeClient(api), "demo:1", tmp_path / "demo.tar.zst")
+        export_image(client, "demo:1", tmp_path / "demo.tar.zst")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_import_of_a_corrupt_zstd_archive_is_an_integrity_error(tmp_path: Path) -> None:
     import zstandard
 
+    from envkit.engine.archive import import_image
     from envkit.errors import IntegrityError
-    from envkit.image.archive import import_image
 
     blob = bytearray(zstandard.ZstdCompressor(write_checksum=True).compress(os.urandom(200_000)))
     blob[len(blob) // 2] ^= 0xFF
     bad = tmp_path / "bad.tar.zst"
     bad.write_bytes(bytes(blob))
     with pytest.raises(IntegrityError):
-        import_image(_FakeClient(_FakeApi([])), bad)
+        import_image(_engine([]), bad)
 
 
 def test_oci_export_round_trip_keeps_config_and_layers(tmp_path: Path) -> None:
-    from envkit.image.archive import export_image, import_image
+    from envkit.engine.archive import export_image, import_image
 
     layer = tmp_path / "l.tar"
     layer.write_bytes(_make_tar([("a", b"1" * 3000, {})], EPOCH))
     digest = "sha256:" + hashlib.sha256(layer.read_bytes()).hexdigest()
     config = sealed_config(_config(2), [digest, digest], EPOCH)
     saved = b"".join(archive_stream(config, [(digest, str(layer)), (digest, str(layer))], epoch=EPOCH))
-    api = _FakeApi([saved[i : i + 700] for i in range(0, len(saved), 700)])
+    client = _engine([saved[i : i + 700] for i in range(0, len(saved), 700)])
     out = tmp_path / "demo.oci.tar.zst"
-    export_image(_FakeClient(api), "demo:1", out, fmt="oci")
+    export_image(client, "demo:1", out, fmt="oci")
     import zstandard
 
     with tarfile.open(fileobj=io.BytesIO(zstandard.ZstdDecompressor().decompressobj().decompress(out.read_bytes()))) as tf:
@@ -471,8 +454,8 @@ def test_oci_export_round_trip_keeps_config_and_layers(tmp_path: Path) -> None:
     assert index["manifests"][0]["annotations"]["io.containerd.image.name"] == "demo:1"
     assert [p.name for p in tmp_path.iterdir()].count("demo.oci.tar.zst") == 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".envkit-export-")]
-    import_image(_FakeClient(api), out)
-    with tarfile.open(fileobj=io.BytesIO(api.loaded)) as tf:
+    import_image(client, out)
+    with tarfile.open(fileobj=io.BytesIO(client.api.loaded)) as tf:
         manifest = json.loads(tf.extractfile("manifest.json").read())[0]
         assert manifest["RepoTags"] == ["demo:1"]
         assert tf.extractfile(manifest["Config"]).read() == config

@@ -22,8 +22,8 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from envkit.engine.archive import import_image
 from envkit.errors import EnvkitError
-from envkit.image.archive import import_image
 from envkit.lock.python import parse_lock, read_lock
 from envkit.resources import images_dir
 from envkit.spec.model import parse_spec, parse_spec_text

@@ -7,9 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import docker.errors
 import pytest
-import requests.exceptions
 import torch
 from click.testing import CliRunner
 
@@ -20,6 +18,7 @@ from envkit.incontainer.probe import EVENT_PREFIX, SCRIPT_FILES
 from envkit.verify import preflight as pf
 from envkit.verify import runner
 from envkit.verify.report import VerifyReport, render
+from tests.fakes import FakeClient, FakeImage
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "gpu"
 LABELS = {
@@ -46,77 +45,12 @@ def gpu_host(nvidia_runtime: bool = True, smi_name: str = "a100") -> pf.HostRead
 # --------------------------------------------------------------------------- fake docker
 
 
-class FakeContainer:
-    def __init__(self, owner: FakeClient, command: list[str], kwargs: dict[str, Any]) -> None:
-        self.owner, self.command, self.kwargs = owner, command, kwargs
-        self.removed = False
-        self.archives: list[tuple[str, bytes]] = []
-        self.script = next(part.rsplit("/", 1)[-1] for part in command if part.endswith(".py"))
-
-    def put_archive(self, path: str, data: bytes) -> bool:
-        self.archives.append((path, data))
-        return True
-
-    def start(self) -> None:
-        if self.owner.start_error:
-            raise docker.errors.APIError("500 Server Error", explanation=self.owner.start_error)
-
-    def wait(self, timeout: float | None = None) -> dict[str, Any]:
-        if self.script in self.owner.hang:
-            raise requests.exceptions.ReadTimeout("read timed out")
-        return {"StatusCode": 0}
-
-    def kill(self) -> None:
-        self.owner.killed.append(self.script)
-
-    def logs(self, stdout: bool = True, stderr: bool = True, **_: Any) -> bytes:
-        out, err = self.owner.outputs.get(self.script, ("", ""))
-        return ((out if stdout else "") + (err if stderr else "")).encode()
-
-    def remove(self, force: bool = False) -> None:
-        self.removed = True
-
-
-class FakeImage:
-    def __init__(self, labels: dict[str, str]) -> None:
-        self.labels, self.id = labels, "sha256:" + "ab" * 32
-
-
-class FakeImages:
-    def __init__(self, images: dict[str, FakeImage]) -> None:
-        self.images = images
-
-    def get(self, ref: str) -> FakeImage:
-        if ref not in self.images:
-            raise docker.errors.ImageNotFound(f"No such image: {ref}")
-        return self.images[ref]
-
-
-class FakeContainers:
-    def __init__(self, owner: FakeClient) -> None:
-        self.owner = owner
-
-    def create(self, image: str, command: list[str], **kwargs: Any) -> FakeContainer:
-        container = FakeContainer(self.owner, command, kwargs)
-        self.owner.created.append(container)
-        return container
-
-
-class FakeClient:
-    def __init__(
-        self,
-        outputs: dict[str, tuple[str, str]] | None = None,
-        *,
-        start_error: str | None = None,
-        hang: tuple[str, ...] = (),
-    ) -> None:
-        self.images = FakeImages({"envkit/pytorch-cuda:2.8": FakeImage(LABELS)})
-        self.containers = FakeContainers(self)
-        self.outputs = outputs or {}
-        self.start_error = start_error
-        self.hang = hang
-        self.created: list[FakeContainer] = []
-        self.killed: list[str] = []
+def verify_client(
+    outputs: dict[str, tuple[str, str]] | None = None, *, start_error: str | None = None, hang: tuple[str, ...] = ()
+) -> FakeClient:
+    """An engine holding one labelled image, whose containers print `outputs` per script."""
+    image = FakeImage("sha256:" + "ab" * 32, labels=LABELS)
+    return FakeClient({"envkit/pytorch-cuda:2.8": image}, outputs=outputs, start_error=start_error, hang=hang)
 
 
 # --------------------------------------------------------------------------- canned documents
@@ -251,7 +185,7 @@ def run_fake(
 
 
 def test_healthy_gpu_host_passes_and_reports_everything() -> None:
-    client = FakeClient(outputs())
+    client = verify_client(outputs())
     report = run_fake(client)
     assert report.verdict and report.verdict.exit_code == 0, report.verdict
     assert report.target.cuda == "12.8" and report.target.source == "labels"
@@ -276,7 +210,7 @@ def test_healthy_gpu_host_passes_and_reports_everything() -> None:
 
 
 def test_slow_gpu_fails_against_the_reference() -> None:
-    client = FakeClient(outputs(bench=bench_doc(1000.0)))
+    client = verify_client(outputs(bench=bench_doc(1000.0)))
     report = run_fake(client)
     assert report.verdict and report.verdict.exit_code == VerificationFailed.exit_code
     assert any("1000 images/s is below 70% of 2616" in r for r in report.verdict.reasons)
@@ -288,18 +222,18 @@ def test_a_failed_rung_fails_the_run() -> None:
     doc["workloads"][1]["rungs"][1] = dict(
         rung("amp_bf16", 1.0), status="error", reason="the loss is not finite (nan): numerics are broken"
     )
-    report = run_fake(FakeClient(outputs(bench=doc)))
+    report = run_fake(verify_client(outputs(bench=doc)))
     assert report.verdict and report.verdict.exit_code == 8
     assert "yolo amp_bf16: the loss is not finite (nan): numerics are broken" in report.verdict.reasons
 
 
 def test_no_reference_for_an_unknown_gpu_means_no_comparison() -> None:
-    report = run_fake(FakeClient(outputs(bench=bench_doc(10.0, device="NVIDIA L4"))))
+    report = run_fake(verify_client(outputs(bench=bench_doc(10.0, device="NVIDIA L4"))))
     assert report.comparisons == [] and report.verdict and report.verdict.exit_code == 0
 
 
 def test_could_not_select_device_driver_is_exit_7_with_the_fix() -> None:
-    client = FakeClient(start_error='could not select device driver "" with capabilities: [[gpu]]')
+    client = verify_client(start_error='could not select device driver "" with capabilities: [[gpu]]')
     report = run_fake(client)
     verdict = report.verdict
     assert verdict and verdict.exit_code == GpuHostNotReady.exit_code
@@ -313,14 +247,14 @@ def test_unsatisfied_cuda_condition_is_a_driver_too_old() -> None:
         "failed to create shim: OCI runtime create failed: nvidia-container-cli: requirement error: "
         "unsatisfied condition: cuda>=12.8, please update your driver to a newer version"
     )
-    report = run_fake(FakeClient(start_error=message))
+    report = run_fake(verify_client(start_error=message))
     assert report.verdict and report.verdict.exit_code == 7
     assert "too old for CUDA 12.8" in report.verdict.summary
     assert report.verdict.fix and ">= 570.26" in report.verdict.fix
 
 
 def test_preflight_failure_stops_before_any_container() -> None:
-    client = FakeClient(outputs())
+    client = verify_client(outputs())
     report = run_fake(client, host=gpu_host(nvidia_runtime=False))
     assert report.verdict and report.verdict.exit_code == 7
     assert "NVIDIA container runtime not found" in report.verdict.summary
@@ -328,16 +262,17 @@ def test_preflight_failure_stops_before_any_container() -> None:
 
 
 def test_old_driver_fixture_is_exit_7() -> None:
-    report = run_fake(FakeClient(outputs()), host=gpu_host(smi_name="h100-old-driver"))
+    report = run_fake(verify_client(outputs()), host=gpu_host(smi_name="h100-old-driver"))
     assert report.verdict and report.verdict.exit_code == 7
     assert "535.104.05 is older than 570.26" in report.verdict.summary
 
 
 def test_missing_architecture_fixture_is_exit_7_before_any_container() -> None:
     """A Blackwell card (sm_120) and an image built like torch 2.6 + CUDA 12.4 (up to sm_90)."""
-    client = FakeClient(outputs())
+    client = verify_client(outputs())
     client.images.images["envkit/pytorch-cuda:2.8"] = FakeImage(
-        dict(
+        "sha256:" + "ab" * 32,
+        labels=dict(
             LABELS,
             **{
                 "io.envkit.cuda": "12.4",
@@ -363,7 +298,7 @@ def test_torch_without_cuda_is_exit_7() -> None:
         cuda_error="torch was built without CUDA (a CPU-only wheel)",
         ok=False,
     )
-    report = run_fake(FakeClient(outputs(probe=doc)))
+    report = run_fake(verify_client(outputs(probe=doc)))
     assert report.verdict and report.verdict.exit_code == 7
     assert "built without CUDA" in report.verdict.summary
 
@@ -376,7 +311,7 @@ def test_driver_too_old_seen_by_torch_is_exit_7() -> None:
         ok=False,
         cuda_error="The NVIDIA driver on your system is too old (found version 12020).",
     )
-    report = run_fake(FakeClient(outputs(probe=doc)))
+    report = run_fake(verify_client(outputs(probe=doc)))
     assert report.verdict and report.verdict.exit_code == 7 and "driver is too old" in report.verdict.summary
 
 
@@ -397,14 +332,14 @@ def test_missing_architecture_is_exit_7() -> None:
             error="RuntimeError: CUDA error: no kernel image is available for execution on the device",
         )
     ]
-    report = run_fake(FakeClient(outputs(probe=probe_doc(devices=[device], numerics=numerics, ok=False))))
+    report = run_fake(verify_client(outputs(probe=probe_doc(devices=[device], numerics=numerics, ok=False))))
     assert report.verdict and report.verdict.exit_code == 7
     assert "no kernel image for NVIDIA GeForce RTX 5090 (sm_120)" in report.verdict.summary
 
 
 def test_nan_numerics_is_exit_8() -> None:
     numerics = [dict(probe_doc()["numerics"][0], ok=False, rel_error=None, finite=False)]
-    report = run_fake(FakeClient(outputs(probe=probe_doc(numerics=numerics, ok=False, numerics_ok=False))))
+    report = run_fake(verify_client(outputs(probe=probe_doc(numerics=numerics, ok=False, numerics_ok=False))))
     assert (
         report.verdict and report.verdict.exit_code == 8 and report.verdict.summary == "numerics check failed"
     )
@@ -412,7 +347,7 @@ def test_nan_numerics_is_exit_8() -> None:
 
 def test_hung_benchmark_is_killed_removed_and_the_partial_report_kept() -> None:
     partial = EVENT_PREFIX + json.dumps({"event": "rung", "workload": "resnet50", "rung": rung("fp32", 5.0)})
-    client = FakeClient(outputs(bench_err=f"[bench] starting\n{partial}\n"), hang=("bench.py",))
+    client = verify_client(outputs(bench_err=f"[bench] starting\n{partial}\n"), hang=("bench.py",))
     report = run_fake(client, cpu=True, timeout_s=5)
     assert report.timed_out
     assert report.verdict and report.verdict.exit_code == 8 and "container removed" in report.verdict.summary
@@ -425,7 +360,7 @@ def test_hung_benchmark_is_killed_removed_and_the_partial_report_kept() -> None:
 def test_unknown_image_is_a_usage_error_after_preflight() -> None:
     options = runner.VerifyOptions(target="envkit/nope:1", cpu=True)
     with pytest.raises(UsageError, match="not on this engine"):
-        runner.verify(options, client_factory=lambda: FakeClient(), readers=gpu_host())
+        runner.verify(options, client_factory=lambda: verify_client(), readers=gpu_host())
 
 
 def test_probe_archive_holds_the_scripts_readable_by_anyone() -> None:
@@ -439,11 +374,11 @@ def test_probe_archive_holds_the_scripts_readable_by_anyone() -> None:
 
 
 def test_raise_for_verdict_maps_exit_codes() -> None:
-    report = run_fake(FakeClient(outputs()), host=gpu_host(nvidia_runtime=False))
+    report = run_fake(verify_client(outputs()), host=gpu_host(nvidia_runtime=False))
     with pytest.raises(GpuHostNotReady) as caught:
         runner.raise_for_verdict(report)
     assert caught.value.exit_code == 7
-    report = run_fake(FakeClient(outputs(bench=bench_doc(100.0))))
+    report = run_fake(verify_client(outputs(bench=bench_doc(100.0))))
     with pytest.raises(VerificationFailed):
         runner.raise_for_verdict(report)
 
@@ -513,7 +448,7 @@ def test_cli_option_parsing() -> None:
 
 
 def test_cli_writes_the_report_then_fails(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    failing = run_fake(FakeClient(outputs()), host=gpu_host(nvidia_runtime=False))
+    failing = run_fake(verify_client(outputs()), host=gpu_host(nvidia_runtime=False))
     seen: list[runner.VerifyOptions] = []
 
     def fake_verify(options: runner.VerifyOptions, **_: Any) -> VerifyReport:

@@ -36,21 +36,23 @@ import docker.errors
 import requests.exceptions
 
 from envkit.atomic import open_atomic
-from envkit.errors import EngineUnreachable, EnvkitError, IntegrityError, Interrupted, UsageError
-from envkit.image.seal import (
+from envkit.engine.client import find_image, inspect_image
+from envkit.engine.dockerarchive import canonical_json, load_archive, read_saved
+from envkit.engine.tarstream import (
     BLOCK,
     COPY_CHUNK,
     END_OF_ARCHIVE,
     SAVE_CHUNK,
-    IterReader,
     Prefixed,
+    Source,
     TarFormatError,
+    buffered,
+    file_chunks,
     iter_tar,
-    load_archive,
+    member,
     normalize_name,
-    tar_header,
 )
-from envkit.jsonio import canonical_bytes
+from envkit.errors import EngineUnreachable, EnvkitError, IntegrityError, Interrupted, UsageError
 
 FORMATS = ("docker-archive", "oci")
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -124,10 +126,7 @@ def export_image(
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}", hint=f"choose one of: {', '.join(FORMATS)}")
     say = progress or (lambda _msg: None)
-    try:
-        attrs = client.api.inspect_image(image)
-    except docker.errors.ImageNotFound as exc:
-        raise UsageError(f"image {image} not found") from exc
+    attrs = inspect_image(client, image)
     target = os.path.abspath(os.fspath(out_path))
     directory = os.path.dirname(target)
     os.makedirs(directory, exist_ok=True)
@@ -172,67 +171,35 @@ def export_image(
     )
 
 
-def _entry(name: str, data: bytes | None = None, *, size: int | None = None) -> bytes:
-    info = tarfile.TarInfo(name)
-    if data is None and size is None:
-        info.type, info.mode = tarfile.DIRTYPE, 0o755
-    else:
-        info.size, info.mode = (len(data) if data is not None else size or 0), 0o644
-    head = tar_header(info)
-    if data is None:
-        return head
-    return head + data + bytes(-len(data) % BLOCK)
-
-
-def _canonical(value: object) -> bytes:
-    return canonical_bytes(value)
-
-
-def oci_layout(saved: Iterator[bytes], spool: str, ref: str | None) -> Iterator[bytes]:
+def oci_layout(saved_chunks: Iterator[bytes], spool: str, ref: str | None) -> Iterator[bytes]:
     """Turn a `docker save` stream into an OCI image layout tar, as chunks.
 
     Layers are staged in `spool` while their digests are computed; the config blob is the saved
     config byte for byte, so its digest stays the image ID.
     """
-    small: dict[str, bytes] = {}
-    links: dict[str, str] = {}
-    staged: dict[str, tuple[str, int, str]] = {}  # member -> (digest, size, file)
     view = memoryview(bytearray(COPY_CHUNK))
-    for info, data in iter_tar(io.BufferedReader(IterReader(saved), SAVE_CHUNK)):
-        name = normalize_name(info.name)
-        if info.issym():
-            links[name] = posixpath.normpath(posixpath.join(posixpath.dirname(name), info.linkname))
-        elif info.isreg() and (name.endswith("layer.tar") or name.startswith("blobs/")) and info.size > BLOCK:
-            path = os.path.join(spool, f"layer-{len(staged)}.tar")
-            digest = hashlib.sha256()
-            with open(path, "wb") as fh:
-                while data.remaining:
-                    n = data.readinto(view[: min(len(view), data.remaining)])
-                    digest.update(view[:n])
-                    fh.write(view[:n])
-            staged[name] = ("sha256:" + digest.hexdigest(), info.size, path)
-        elif info.isreg() and info.size <= 64 << 20:
-            small[name] = data.read()
-    entry = json.loads(small["manifest.json"])[0]
-    config_name = normalize_name(entry["Config"])
-    if config_name not in small:  # a large config blob was staged like a layer
-        with open(staged[config_name][2], "rb") as fh:
-            small[config_name] = fh.read()
-    config_bytes = small[config_name]
-    diff_ids = json.loads(config_bytes)["rootfs"]["diff_ids"]
-    layers: list[tuple[str, int, str]] = []
-    for member, diff_id in zip(entry["Layers"], diff_ids, strict=True):
-        path = normalize_name(member)
-        seen: set[str] = set()
-        while path in links and path not in seen:
-            seen.add(path)
-            path = links[path]
-        layer = staged[path]
+
+    def stage(_member: str, info: tarfile.TarInfo, data: Source) -> tuple[str, int, str]:
+        path = os.path.join(spool, f"layer-{len(os.listdir(spool))}.tar")
+        digest = hashlib.sha256()
+        remaining = info.size
+        with open(path, "wb") as fh:
+            while remaining:
+                n = data.readinto(view[: min(len(view), remaining)])
+                digest.update(view[:n])
+                fh.write(view[:n])
+                remaining -= n
+        return "sha256:" + digest.hexdigest(), info.size, path
+
+    saved = read_saved(buffered(saved_chunks), stage)
+    config_bytes = saved.config_bytes
+    diff_ids = saved.config["rootfs"]["diff_ids"]
+    layers = saved.layers
+    for name, layer, diff_id in zip(saved.entry["Layers"], layers, diff_ids, strict=True):
         if layer[0] != diff_id:
-            raise IntegrityError(f"layer {member} hashes to {layer[0]}, the config says {diff_id}")
-        layers.append(layer)
+            raise IntegrityError(f"layer {name} hashes to {layer[0]}, the config says {diff_id}")
     config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
-    manifest = _canonical({
+    manifest = canonical_json({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config_bytes)},
@@ -245,23 +212,20 @@ def oci_layout(saved: Iterator[bytes], spool: str, ref: str | None) -> Iterator[
     }
     if ref:
         descriptor["annotations"] = {NAME_ANNOTATION: ref, REF_ANNOTATION: ref.rpartition(":")[2]}
-    index = _canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [descriptor]})
-    yield _entry("oci-layout", _canonical({"imageLayoutVersion": "1.0.0"}))
-    yield _entry("index.json", index)
-    yield _entry("blobs")
-    yield _entry("blobs/sha256")
-    yield _entry("blobs/sha256/" + str(descriptor["digest"])[7:], manifest)
-    yield _entry("blobs/sha256/" + config_digest[7:], config_bytes)
+    index = canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [descriptor]})
+    yield member("oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
+    yield member("index.json", index)
+    yield member("blobs")
+    yield member("blobs/sha256")
+    yield member("blobs/sha256/" + str(descriptor["digest"])[7:], manifest)
+    yield member("blobs/sha256/" + config_digest[7:], config_bytes)
     written: set[str] = set()
     for digest, size, path in layers:
         if digest in written:
             continue
         written.add(digest)
-        yield _entry("blobs/sha256/" + digest[7:], size=size)
-        with open(path, "rb") as fh:
-            while chunk := fh.read(COPY_CHUNK):
-                yield chunk
-        yield bytes(-size % BLOCK)
+        yield member("blobs/sha256/" + digest[7:], size=size)
+        yield from file_chunks(path, size, label="layer file")
     yield END_OF_ARCHIVE
 
 
@@ -342,13 +306,13 @@ def docker_archive_from_oci(src: object) -> Iterator[bytes]:
                 "RepoTags": [ref] if ref else None,
                 "Layers": [d[7:] + "/layer.tar" for d in layer_digests],
             }]
-            yield _entry("manifest.json", _canonical(docker_manifest))
-            yield _entry(digest[7:] + ".json", config_bytes)
+            yield member("manifest.json", canonical_json(docker_manifest))
+            yield member(digest[7:] + ".json", config_bytes)
             started = True
         elif started and digest in pending:
             pending.discard(digest)
-            yield _entry(digest[7:])
-            yield _entry(digest[7:] + "/layer.tar", size=info.size)
+            yield member(digest[7:])
+            yield member(digest[7:] + "/layer.tar", size=info.size)
             while data.remaining:
                 yield data.read(min(COPY_CHUNK, data.remaining))
             yield bytes(-info.size % BLOCK)
@@ -551,10 +515,6 @@ def import_image(
         if type(exc).__name__ == "ZstdError":
             raise IntegrityError(f"{source} is not a valid zstd stream: {exc}") from exc
         raise
-    ids = []
-    for ref in loaded:
-        try:
-            ids.append(client.api.inspect_image(ref)["Id"])
-        except docker.errors.ImageNotFound:
-            continue
+    found = (find_image(client, ref) for ref in loaded)
+    ids = [attrs["Id"] for attrs in found if attrs is not None]
     return ImportResult(path=source, loaded=tuple(loaded), image_ids=tuple(dict.fromkeys(ids)))
