@@ -11,12 +11,14 @@ import time
 import traceback
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
 from envkit.errors import EnvkitError
+from envkit.events import Event
 
 console = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
@@ -81,6 +83,10 @@ class Progress:
             text.append("\n  " + self.last[-160:], style="dim")
         return text
 
+    def say(self, message: str) -> None:
+        """A phase line: for core functions that report through a ``say(message)`` callback."""
+        self.update("phase", message)
+
     def update(self, kind: str, message: str, step: int | None = None, total: int | None = None) -> None:
         if kind == "step" and step is not None:
             self.step = f"step {step}/{total}: {message[:120]}"
@@ -108,6 +114,31 @@ class Progress:
                     self._live = None
         else:
             yield self
+
+
+def follow(progress: Progress, events: Iterable[Event]) -> Any:
+    """The one loop over a job's events: show each, and return the result its ``done`` event carries.
+
+    The iterator is read to its end, so a job's cleanup after ``done`` still runs.
+    """
+    result = None
+    finished = False
+    for event in events:
+        if event.kind == "done":
+            result = event.data.get("result")
+            finished = True
+        else:
+            progress.update(event.kind, event.message, event.step, event.total)
+    if not finished:
+        raise RuntimeError(f"{progress.title}: the job ended without a result")
+    return result
+
+
+def show_job(title: str, events: Iterable[Event]) -> Any:
+    """``follow`` under a fresh progress display titled ``title``."""
+    progress = Progress(title)
+    with progress.running():
+        return follow(progress, events)
 
 
 def print_lines(lines: Iterable[str]) -> None:
