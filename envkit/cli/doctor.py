@@ -29,7 +29,8 @@ def doctor_cmd(as_json: bool) -> None:
         console.out.print(f"Driver {host.driver} (read through {host.source})")
         for gpu in host.gpus:
             memory = f", {gpu.memory_mib} MiB" if gpu.memory_mib else ""
-            console.out.print(f"  GPU {gpu.index}: {gpu.name}, {gpu.sm}{memory}")
+            sm = gpu.sm or "compute capability unknown"
+            console.out.print(f"  GPU {gpu.index}: {gpu.name}, {sm}{memory}")
     table = Table(title="catalog images on this host")
     for column in ("image", "torch", "cuda", "min driver", "runs", "why"):
         table.add_column(column, overflow="fold")

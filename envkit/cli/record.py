@@ -51,7 +51,7 @@ def snapshot_cmd(
     client = get_client()
     host = None
     if with_host:
-        from envkit.verify.doctor import read_host
+        from envkit.host.gpu import read_host
 
         host = {"engine": engine_version(client), **read_host().to_json()}
     report = json.loads(verify_report.read_text()) if verify_report else None
