@@ -34,7 +34,7 @@ import docker
 import docker.errors
 import docker.types
 
-from envkit.errors import EnvkitError, GpuHostNotReady, UsageError, VerificationFailed
+from envkit.errors import EngineRefused, EnvkitError, GpuHostNotReady, UsageError, VerificationFailed
 
 MANAGED_LABEL = "io.envkit.managed"
 SERVICES_LABEL = "io.envkit.services"
@@ -532,7 +532,7 @@ def _engine_error(exc: docker.errors.APIError, plan: RunPlan, client: docker.Doc
             f"the host driver does not meet the image's CUDA requirement: {text}",
             hint="update the NVIDIA driver, or use an image built for an older CUDA",
         )
-    return EnvkitError(f"the engine refused to start the container: {text}")
+    return EngineRefused(f"the engine refused to start the container: {text}")
 
 
 def create(client: docker.DockerClient, plan: RunPlan) -> tuple[Any, Path | None]:
@@ -580,7 +580,7 @@ def create(client: docker.DockerClient, plan: RunPlan) -> tuple[Any, Path | None
     try:
         if files:
             if not container.put_archive(SECRETS_DIR, secrets_archive(files, plan.uid)):
-                raise EnvkitError(f"could not copy the secrets into {plan.name}")
+                raise EngineRefused(f"could not copy the secrets into {plan.name}")
         if token_file is not None:
             _write_private(token_file, files["jupyter_token"].decode())
     except BaseException:

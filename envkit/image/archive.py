@@ -32,7 +32,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from envkit.errors import EnvkitError, IntegrityError, Interrupted, UsageError
+from envkit.errors import DiskFull, EngineRefused, IntegrityError, Interrupted, MissingDependency, UsageError
 from envkit.image.seal import (
     BLOCK,
     COPY_CHUNK,
@@ -86,7 +86,7 @@ def _zstd():  # type: ignore[no-untyped-def]
     try:
         import zstandard
     except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise EnvkitError("the zstandard package is missing", hint="pip install zstandard") from exc
+        raise MissingDependency("the zstandard package is missing", hint="pip install zstandard") from exc
     return zstandard
 
 
@@ -141,12 +141,12 @@ def export_image(
         raise Interrupted(f"export of {image} interrupted; {target} was not written") from exc
     except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
         _unlink(tmp_path)
-        raise EnvkitError(f"exporting {image} failed: {exc}") from exc
+        raise EngineRefused(f"exporting {image} failed: {exc}") from exc
     except OSError as exc:
         _unlink(tmp_path)
         if exc.errno == errno.ENOSPC:
-            raise EnvkitError(f"disk full while exporting {image} to {target}") from exc
-        raise EnvkitError(f"exporting {image} to {target} failed: {exc}") from exc
+            raise DiskFull(f"disk full while exporting {image} to {target}") from exc
+        raise UsageError(f"exporting {image} to {target} failed: {exc}") from exc
     except BaseException:
         _unlink(tmp_path)
         raise
@@ -382,9 +382,9 @@ def import_image(
     except KeyboardInterrupt as exc:
         raise Interrupted(f"import of {source} interrupted") from exc
     except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-        raise EnvkitError(f"the engine refused {source}: {exc}") from exc
+        raise EngineRefused(f"the engine refused {source}: {exc}") from exc
     except (io.UnsupportedOperation, OSError) as exc:
-        raise EnvkitError(f"cannot read {source}: {exc}") from exc
+        raise UsageError(f"cannot read {source}: {exc}") from exc
     except Exception as exc:
         if type(exc).__name__ == "ZstdError":
             raise IntegrityError(f"{source} is not a valid zstd stream: {exc}") from exc

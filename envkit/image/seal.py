@@ -50,7 +50,15 @@ import requests.exceptions
 from docker.utils import parse_repository_tag
 
 from envkit.engine.dockerarchive import rfc3339
-from envkit.errors import EnvkitError, IntegrityError, Interrupted, UsageError
+from envkit.errors import (
+    BuildFailed,
+    DiskFull,
+    EngineRefused,
+    EnvkitError,
+    IntegrityError,
+    Interrupted,
+    UsageError,
+)
 
 SOURCE_DATE_EPOCH_LABEL = "io.envkit.source-date-epoch"
 TMPDIR_ENV = "ENVKIT_TMPDIR"
@@ -73,7 +81,7 @@ _DATA_TYPES = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE})
 Progress = Callable[[str], None]
 
 
-class TarFormatError(EnvkitError):
+class TarFormatError(IntegrityError):
     """A tar stream this module cannot read (truncated, sparse members, a bad header)."""
 
 
@@ -723,7 +731,7 @@ def _check_space(root: str, needed: int) -> None:
     free = shutil.disk_usage(root).free
     margin = 64 << 20
     if free < needed + margin:
-        raise EnvkitError(
+        raise DiskFull(
             f"not enough disk space to seal: {human_bytes(needed)} needed in {root}, "
             f"{human_bytes(free)} free",
             hint=f"free some space or point {TMPDIR_ENV} at a larger disk",
@@ -770,10 +778,10 @@ def _save_and_rewrite(client: docker.DockerClient, image_id: str, workdir: str, 
         elif info.size <= 64 << 20:
             small[name] = data.read()
     if "manifest.json" not in small:
-        raise EnvkitError("docker save returned no manifest.json")
+        raise IntegrityError("docker save returned no manifest.json")
     manifest = json.loads(small["manifest.json"])
     if len(manifest) != 1:
-        raise EnvkitError(f"docker save returned {len(manifest)} images, expected one")
+        raise IntegrityError(f"docker save returned {len(manifest)} images, expected one")
     entry = manifest[0]
     config = json.loads(small[normalize_name(entry["Config"])])
     paths = []
@@ -784,7 +792,7 @@ def _save_and_rewrite(client: docker.DockerClient, image_id: str, workdir: str, 
             seen.add(path)
             path = links[path]
         if path not in rewrites:
-            raise EnvkitError(f"docker save archive lacks layer {layer}")
+            raise IntegrityError(f"docker save archive lacks layer {layer}")
         paths.append(path)
     return _SavedImage(config=config, layer_paths=paths, rewrites=rewrites)
 
@@ -879,7 +887,7 @@ def archive_stream(config_bytes: bytes, layer_files: list[tuple[str, str]], *, e
                 sent += len(chunk)
                 yield chunk
         if sent != size:
-            raise EnvkitError(f"layer file {path} changed while being sent")
+            raise IntegrityError(f"layer file {path} changed while being sent")
         yield bytes(_padding(size))
     yield END_OF_ARCHIVE
 
@@ -903,8 +911,8 @@ def load_archive(client: docker.DockerClient, chunks: Iterable[bytes]) -> list[s
 
 def _load_error(detail: str) -> EnvkitError:
     if "no space left" in detail.lower():
-        return EnvkitError(f"the engine ran out of disk space loading the image: {detail}")
-    return EnvkitError(f"the engine refused the image: {detail}")
+        return DiskFull(f"the engine ran out of disk space loading the image: {detail}")
+    return EngineRefused(f"the engine refused the image: {detail}")
 
 
 def _tags_to_move(attrs: dict[str, Any], image: str, tag: str | None) -> list[str]:
@@ -1042,7 +1050,7 @@ def seal_image(
         present = engine_chains(client)
         needed = [c for c in chain_ids(d for d, _ in layer_files) if c not in present]
         if needed and not rewrite_layers:
-            raise EnvkitError(f"the engine no longer holds the layers of {image}")
+            raise BuildFailed(f"the engine no longer holds the layers of {image}")
         say(f"loading sealed image {new_id[7:19]} "
             f"({len(needed)} of {len(layer_files)} layers new to the engine)")
         try:
@@ -1090,12 +1098,12 @@ def seal_image(
         detail = str(exc)
         if "no space left" in detail.lower():
             raise _load_error(detail) from exc
-        raise EnvkitError(f"sealing {image} failed: {detail}",
+        raise EngineRefused(f"sealing {image} failed: {detail}",
                           hint=f"{', '.join(tags) or image} still points at the unsealed image") from exc
     except OSError as exc:
         _forget_untagged(client, new_id, existed_before, tagged)
         if exc.errno == errno.ENOSPC:
-            raise EnvkitError(
+            raise DiskFull(
                 f"disk full while sealing {image} (temporary files in {root}); "
                 f"{', '.join(tags) or image} still points at the unsealed image {source_id[7:19]}",
                 hint=f"free some space or point {TMPDIR_ENV} at a larger disk",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from envkit.errors import EnvkitError, IntegrityError, NetworkError, UsageError
+from envkit.errors import IntegrityError, LockFailed, NetworkError, UsageError
 
 LOCK_SCHEMA_VERSION = 1
 DEFAULT_PLATFORM = "x86_64-manylinux_2_28"
@@ -94,7 +94,7 @@ def lock_requirements(
     """Resolve ``requirements`` for the image's platform and Python; return hashed requirements text.
 
     Binary wheels only, every file's sha256 listed. Unreachable indexes raise NetworkError; a
-    resolution that fails for any other reason raises EnvkitError with uv's message.
+    resolution that fails for any other reason raises LockFailed with uv's message.
     """
     with tempfile.TemporaryDirectory(prefix="envkit-lock-") as tmp:
         source = Path(tmp) / "requirements.in"
@@ -127,7 +127,7 @@ def lock_requirements(
                 f"could not reach the package index while locking: {message.splitlines()[-1]}",
                 details=message,
             )
-        raise EnvkitError(f"uv could not resolve {', '.join(requirements)}", details=message)
+        raise LockFailed(f"uv could not resolve {', '.join(requirements)}", details=message)
     return result.stdout
 
 
