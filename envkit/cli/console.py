@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.text import Text
 
 from envkit.errors import EnvkitError
-from envkit.events import Event
+from envkit.events import Event, follow
 
 console = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
@@ -83,6 +83,9 @@ class Progress:
             text.append("\n  " + self.last[-160:], style="dim")
         return text
 
+    def show(self, event: Event) -> None:
+        self.update(event.kind, event.message, event.step, event.total)
+
     def say(self, message: str) -> None:
         """A phase line: for core functions that report through a ``say(message)`` callback."""
         self.update("phase", message)
@@ -116,29 +119,14 @@ class Progress:
             yield self
 
 
-def follow(progress: Progress, events: Iterable[Event]) -> Any:
-    """The one loop over a job's events: show each, and return the result its ``done`` event carries.
-
-    The iterator is read to its end, so a job's cleanup after ``done`` still runs.
-    """
-    result = None
-    finished = False
-    for event in events:
-        if event.kind == "done":
-            result = event.data.get("result")
-            finished = True
-        else:
-            progress.update(event.kind, event.message, event.step, event.total)
-    if not finished:
-        raise RuntimeError(f"{progress.title}: the job ended without a result")
-    return result
-
-
-def show_job(title: str, events: Iterable[Event]) -> Any:
-    """``follow`` under a fresh progress display titled ``title``."""
+def show_job(title: str, events: Iterable[Event], progress: Progress | None = None) -> Any:
+    """Show a job's events under a progress display titled ``title`` (or ``progress``, already
+    running); return the job's result."""
+    if progress is not None:
+        return follow(events, progress.show)
     progress = Progress(title)
     with progress.running():
-        return follow(progress, events)
+        return follow(events, progress.show)
 
 
 def print_lines(lines: Iterable[str]) -> None:

@@ -85,13 +85,11 @@ def render_cmd(name: str, output: Path | None, ca_bundle: str | None) -> None:
 def base_cmd(name: str, mirror: str | None, source_date_epoch: int, force: bool) -> None:
     """Bootstrap a minimal Debian base with mmdebstrap and load it as a local image."""
     from envkit.engine.client import get_client
-    from envkit.image.base import ensure_base, parse_base_name
+    from envkit.image.base import base_events, parse_base_name
 
     plan = parse_base_name(name, mirror=mirror, source_date_epoch=source_date_epoch)
     client = get_client()
-    progress = console.Progress(f"base {plan.tag}")
-    with progress.running():
-        result = ensure_base(client, plan, force=force, log=lambda line: progress.update("log", line))
+    result = console.show_job(f"base {plan.tag}", base_events(client, plan, force=force))
     state = "bootstrapped" if result.created else "already present"
     console.success(f"{result.tag} {state}: {result.image_id} (rootfs {result.rootfs_sha256})")
     console.out.print(result.tag)
@@ -138,7 +136,8 @@ def build_cmd(
 def lock_cmd(names: tuple[str, ...], all_images: bool, check: bool) -> None:
     """Resolve and write images/<name>/<tag>.lock (wheels with hashes, base, apt versions)."""
     from envkit.errors import ReproMismatch
-    from envkit.image.locking import check_locks, make_lock
+    from envkit.events import follow
+    from envkit.image.locking import check_locks, lock_events
 
     if check:
         statuses = check_locks(list(names) or None)
@@ -160,7 +159,7 @@ def lock_cmd(names: tuple[str, ...], all_images: bool, check: bool) -> None:
     targets = list(names) or [ref for ref, _ in list_catalog_paths()]
     client = get_client()
     for name in targets:
-        plan, written = make_lock(client, name, log=console.info)
+        plan, written = follow(lock_events(client, name), lambda event: console.info(event.message))
         console.success(
             f"{plan.ref.lock_path.name}: {len(written.packages)} wheels, {len(written.apt)} apt packages, "
             f"base {written.base.get('rootfs', written.base.get('ref'))}"

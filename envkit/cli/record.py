@@ -99,21 +99,20 @@ def restore_cmd(
     if tag is not None:
         check_tag(tag)
     progress = console.Progress(f"restore {manifest_path}")
-    say = progress.say
     manifest = None if bundled else read_manifest(manifest_path)
     client = get_client()
     with progress.running():
         if bundled:
-            opened = open_bundle(manifest_path, say=say)
+            opened = open_bundle(manifest_path, say=progress.say)
             manifest = parse_manifest(opened.manifest_text, f"{manifest_path}:manifest.json")
         assert manifest is not None
         # With drift, --tag names the final (drift) image; the base is restored under its own tag.
         drift_tag, tag = (tag, None) if manifest.drift is not None else (None, tag)
         if offline:
-            events = restore_offline_events(client, opened, manifest, tag=tag, nocache=no_cache, say=say)
+            events = restore_offline_events(client, opened, manifest, tag=tag, nocache=no_cache)
         else:
             events = restore_events(client, manifest, tag=tag, nocache=no_cache, ca_bundle=ca_bundle)
-        result = console.follow(progress, events)
+        result = console.show_job(progress.title, events, progress)
     if manifest.drift is not None:
         _finish_drift_restore(client, manifest, result, tag=drift_tag, nocache=no_cache, as_json=as_json)
         return
@@ -204,12 +203,10 @@ def import_cmd(file: Path) -> None:
 def bundle_cmd(manifest_path: Path, output: Path, as_json: bool) -> None:
     """Bundle a manifest with its base, wheels and .debs for `envkit restore BUNDLE --offline`."""
     from envkit.engine.client import get_client
-    from envkit.record.bundle import make_bundle
+    from envkit.record.bundle import bundle_events
 
     client = get_client()
-    progress = console.Progress(f"bundle {manifest_path}")
-    with progress.running():
-        index = make_bundle(client, manifest_path, output, say=progress.say)
+    index = console.show_job(f"bundle {manifest_path}", bundle_events(client, manifest_path, output))
     size = output.stat().st_size
     if as_json:
         console.out.print_json(json.dumps({

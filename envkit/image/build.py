@@ -418,7 +418,7 @@ def build_image(
     if plan.base_plan is not None:
         yield Event("phase", f"base {plan.base_ref}")
         t0 = time.monotonic()
-        ensure_base(client, plan.base_plan, log=None)
+        ensure_base(client, plan.base_plan)
         durations["base"] = time.monotonic() - t0
     else:
         try:
