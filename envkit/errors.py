@@ -8,7 +8,10 @@ from __future__ import annotations
 
 
 class EnvkitError(Exception):
-    """Root of every error envkit raises on purpose."""
+    """Root of every error envkit raises on purpose.
+
+    Raise a subclass: the exit code tells a script what went wrong, and 1 (this class) means a bug.
+    """
 
     exit_code: int = 1
     label: str = "error"
@@ -54,9 +57,33 @@ class EngineUnreachable(EnvkitError):
     label = "docker engine unreachable"
 
 
+class MissingDependency(UsageError):
+    """A package or tool envkit needs is not installed."""
+
+    label = "missing dependency"
+
+
 class BuildFailed(EnvkitError):
     exit_code = 4
     label = "build failed"
+
+
+class LockFailed(BuildFailed):
+    """The resolver could not produce a lock (uv's own output is in ``details``)."""
+
+    label = "lock failed"
+
+
+class EngineRefused(BuildFailed):
+    """The Docker engine answered but refused the request: a load, a save, a container start."""
+
+    label = "engine refused"
+
+
+class DiskFull(BuildFailed):
+    """No space left where envkit or the engine writes (temporary layers, archives, the image store)."""
+
+    label = "disk full"
 
 
 class IntegrityError(EnvkitError):

@@ -1,4 +1,4 @@
-"""The command line: one module per command group, attached to the group in ``registry``."""
+"""The command line: one module per command group, loaded lazily by the group in ``app``."""
 
 from envkit.cli.app import cli, main
 

@@ -11,12 +11,14 @@ import time
 import traceback
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
 from envkit.errors import EnvkitError
+from envkit.events import Event, follow
 
 console = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
@@ -81,6 +83,13 @@ class Progress:
             text.append("\n  " + self.last[-160:], style="dim")
         return text
 
+    def show(self, event: Event) -> None:
+        self.update(event.kind, event.message, event.step, event.total)
+
+    def say(self, message: str) -> None:
+        """A phase line: for core functions that report through a ``say(message)`` callback."""
+        self.update("phase", message)
+
     def update(self, kind: str, message: str, step: int | None = None, total: int | None = None) -> None:
         if kind == "step" and step is not None:
             self.step = f"step {step}/{total}: {message[:120]}"
@@ -108,6 +117,16 @@ class Progress:
                     self._live = None
         else:
             yield self
+
+
+def show_job(title: str, events: Iterable[Event], progress: Progress | None = None) -> Any:
+    """Show a job's events under a progress display titled ``title`` (or ``progress``, already
+    running); return the job's result."""
+    if progress is not None:
+        return follow(events, progress.show)
+    progress = Progress(title)
+    with progress.running():
+        return follow(events, progress.show)
 
 
 def print_lines(lines: Iterable[str]) -> None:

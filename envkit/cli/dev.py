@@ -54,7 +54,7 @@ def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--timeout", type=float, default=180, show_default=True,
               help="Seconds to wait for the services to answer.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def run(**options: object) -> None:
+def run_cmd(**options: object) -> None:
     """Run NAME (catalog name:tag or image) as its non-root user, with the chosen services.
 
     Ports are published on 127.0.0.1 only unless --bind says otherwise. A COMMAND after NAME runs
@@ -131,7 +131,7 @@ def _run(**options: object) -> None:
 
 @click.command("ps")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-def ps(as_json: bool) -> None:
+def ps_cmd(as_json: bool) -> None:
     """List the containers `envkit run` started."""
     from envkit.dev import run as devrun
     from envkit.engine.client import get_client
@@ -156,7 +156,7 @@ def ps(as_json: bool) -> None:
 @click.argument("names", nargs=-1)
 @click.option("--all", "all_managed", is_flag=True, help="Every container envkit started.")
 @click.option("--timeout", type=int, default=10, show_default=True, help="Seconds before SIGKILL.")
-def stop(names: tuple[str, ...], all_managed: bool, timeout: int) -> None:
+def stop_cmd(names: tuple[str, ...], all_managed: bool, timeout: int) -> None:
     """Stop and remove containers `envkit run` started (their token files too)."""
     from envkit.dev import run as devrun
     from envkit.engine.client import get_client
@@ -168,8 +168,3 @@ def stop(names: tuple[str, ...], all_managed: bool, timeout: int) -> None:
         console.success(f"stopped and removed {name}")
     if not stopped:
         console.info("no containers started by envkit")
-
-
-def commands() -> list[click.Command]:
-    """What envkit.cli.registry attaches to the CLI."""
-    return [run, ps, stop]

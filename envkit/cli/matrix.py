@@ -1,4 +1,4 @@
-"""``envkit matrix`` and ``envkit doctor``: thin commands over compat and doctor."""
+"""``envkit matrix``: which torch / CUDA / cuDNN / Python builds exist (envkit.spec.compat)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rich.table import Table
 from envkit.cli import console
 
 
-def _cell(value: object) -> str:
+def cell(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, list | tuple):
@@ -24,11 +24,11 @@ def _arches(arch_list: list[str]) -> str:
     return ",".join(short) or "-"
 
 
-@click.command()
+@click.command("matrix")
 @click.option("--torch", "torch_version", metavar="X", help="Only this torch release (2.8 or 2.8.0).")
 @click.option("--cuda", metavar="Y", help="Only builds for this CUDA version (12.8, cu128 or cpu).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def matrix(torch_version: str | None, cuda: str | None, as_json: bool) -> None:
+def matrix_cmd(torch_version: str | None, cuda: str | None, as_json: bool) -> None:
     """Show which torch / CUDA / cuDNN / Python combinations exist."""
     from envkit.spec.compat import matrix_rows
 
@@ -46,45 +46,13 @@ def matrix(torch_version: str | None, cuda: str | None, as_json: bool) -> None:
         pythons = row["python"]
         table.add_row(
             row["torch"],
-            _cell(row["torchvision"]),
+            cell(row["torchvision"]),
             row["cuda"],
             row["variant"],
-            _cell(row["cudnn"]),
-            _cell(row["nccl"]),
+            cell(row["cudnn"]),
+            cell(row["nccl"]),
             f"{pythons[0]}-{pythons[-1]}" if pythons else "-",
             _arches(row["arch_list"]),
-            _cell(row["min_driver"]),
+            cell(row["min_driver"]),
         )
     console.out.print(table)
-
-
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def doctor(as_json: bool) -> None:
-    """Say which catalog images can run on this host's driver and GPUs."""
-    from envkit.verify.doctor import doctor as run_doctor
-
-    report = run_doctor()
-    if as_json:
-        console.out.print_json(json.dumps(report.to_json()))
-        return
-    host = report.host
-    if not host.has_gpu:
-        console.out.print(f"This host has no usable NVIDIA GPU: {host.problem}.")
-        console.out.print("GPU images can be built here but not run; CPU-only images run.")
-    else:
-        console.out.print(f"Driver {host.driver} (read through {host.source})")
-        for gpu in host.gpus:
-            memory = f", {gpu.memory_mib} MiB" if gpu.memory_mib else ""
-            console.out.print(f"  GPU {gpu.index}: {gpu.name}, {gpu.sm}{memory}")
-    table = Table(title="catalog images on this host")
-    for column in ("image", "torch", "cuda", "min driver", "runs", "why"):
-        table.add_column(column, overflow="fold")
-    verdict = {True: "[green]yes[/]", False: "[red]no[/]", None: "[yellow]unknown[/]"}
-    for fit in report.fits:
-        why = "; ".join(fit.reasons + fit.notes) or "-"
-        table.add_row(fit.image, fit.torch, fit.cuda, _cell(fit.min_driver), verdict[fit.runs], why)
-    console.out.print(table)
-
-
-COMMANDS = [matrix, doctor]

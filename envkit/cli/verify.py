@@ -1,4 +1,4 @@
-"""The ``verify`` click command. Registered on the main group by ``envkit.cli.registry``."""
+"""``envkit verify``: host preflight, in-container probe and benchmark (envkit.verify.runner)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def parse_workloads(value: str) -> tuple[str, ...]:
     help="Fail below this share of the reference throughput for the GPU model.",
 )
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Timed steps per rung.")
-def verify(
+def verify_cmd(
     target: str | None,
     gpus: str,
     cpu: bool,

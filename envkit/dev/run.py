@@ -36,7 +36,7 @@ import docker.types
 
 from envkit import labels as label_keys
 from envkit.engine.tarstream import tar_bytes
-from envkit.errors import EnvkitError, GpuHostNotReady, UsageError, VerificationFailed
+from envkit.errors import EngineRefused, EnvkitError, GpuHostNotReady, UsageError, VerificationFailed
 
 MANAGED_LABEL = label_keys.MANAGED
 SERVICES_LABEL = label_keys.SERVICES
@@ -529,7 +529,7 @@ def _engine_error(exc: docker.errors.APIError, plan: RunPlan, client: docker.Doc
             f"the host driver does not meet the image's CUDA requirement: {text}",
             hint="update the NVIDIA driver, or use an image built for an older CUDA",
         )
-    return EnvkitError(f"the engine refused to start the container: {text}")
+    return EngineRefused(f"the engine refused to start the container: {text}")
 
 
 def create(client: docker.DockerClient, plan: RunPlan) -> tuple[Any, Path | None]:
@@ -577,7 +577,7 @@ def create(client: docker.DockerClient, plan: RunPlan) -> tuple[Any, Path | None
     try:
         if files:
             if not container.put_archive(SECRETS_DIR, secrets_archive(files, plan.uid)):
-                raise EnvkitError(f"could not copy the secrets into {plan.name}")
+                raise EngineRefused(f"could not copy the secrets into {plan.name}")
         if token_file is not None:
             _write_private(token_file, files["jupyter_token"].decode())
     except BaseException:

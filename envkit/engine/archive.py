@@ -52,7 +52,16 @@ from envkit.engine.tarstream import (
     member,
     normalize_name,
 )
-from envkit.errors import EngineUnreachable, EnvkitError, IntegrityError, Interrupted, UsageError
+from envkit.errors import (
+    DiskFull,
+    EngineRefused,
+    EngineUnreachable,
+    EnvkitError,
+    IntegrityError,
+    Interrupted,
+    MissingDependency,
+    UsageError,
+)
 
 FORMATS = ("docker-archive", "oci")
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -104,7 +113,7 @@ def _zstd():  # type: ignore[no-untyped-def]
     try:
         import zstandard
     except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise EnvkitError("the zstandard package is missing", hint="pip install zstandard") from exc
+        raise MissingDependency("the zstandard package is missing", hint="pip install zstandard") from exc
     return zstandard
 
 
@@ -150,11 +159,11 @@ def export_image(
     except KeyboardInterrupt as exc:
         raise Interrupted(f"export of {image} interrupted; {target} was not written") from exc
     except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-        raise EnvkitError(f"exporting {image} failed: {exc}") from exc
+        raise EngineRefused(f"exporting {image} failed: {exc}") from exc
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise EnvkitError(f"disk full while exporting {image} to {target}") from exc
-        raise EnvkitError(f"exporting {image} to {target} failed: {exc}") from exc
+            raise DiskFull(f"disk full while exporting {image} to {target}") from exc
+        raise UsageError(f"exporting {image} to {target} failed: {exc}") from exc
     finally:
         if spool is not None:
             shutil.rmtree(spool, ignore_errors=True)
@@ -507,9 +516,9 @@ def import_image(
         if type(exc).__name__ == "ZstdError":
             raise IntegrityError(f"{source} is not a valid zstd stream: {exc}") from exc
         raise UsageError(f"cannot read {source}: {exc}") from exc
-    except EnvkitError as exc:
-        if type(exc) is EnvkitError:  # the engine's own refusal, as load_archive words it
-            raise IntegrityError(str(exc), hint=exc.hint, details=exc.details) from exc
+    except EngineRefused as exc:  # the engine refused what the archive holds
+        raise IntegrityError(str(exc), hint=exc.hint, details=exc.details) from exc
+    except EnvkitError:
         raise
     except Exception as exc:
         if type(exc).__name__ == "ZstdError":

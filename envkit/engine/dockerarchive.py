@@ -36,7 +36,7 @@ from envkit.engine.tarstream import (
     member,
     normalize_name,
 )
-from envkit.errors import EnvkitError
+from envkit.errors import DiskFull, EngineRefused, EnvkitError, IntegrityError
 from envkit.jsonio import canonical_bytes
 
 # Members of a saved archive other than layers are read into memory up to this size.
@@ -118,14 +118,14 @@ def read_saved(src: Source, on_layer: LayerHandler[T]) -> SavedImage[T]:
         elif info.size <= SMALL_MEMBER_MAX:
             small[name] = data.read()
     if "manifest.json" not in small:
-        raise EnvkitError("docker save returned no manifest.json")
+        raise IntegrityError("docker save returned no manifest.json")
     manifest = json.loads(small["manifest.json"])
     if len(manifest) != 1:
-        raise EnvkitError(f"docker save returned {len(manifest)} images, expected one")
+        raise IntegrityError(f"docker save returned {len(manifest)} images, expected one")
     entry = manifest[0]
     config_bytes = small.get(normalize_name(entry["Config"]))
     if config_bytes is None:
-        raise EnvkitError(f"docker save archive lacks config {entry['Config']}")
+        raise IntegrityError(f"docker save archive lacks config {entry['Config']}")
     members: list[str] = []
     for layer in entry["Layers"]:
         path = normalize_name(layer)
@@ -134,7 +134,7 @@ def read_saved(src: Source, on_layer: LayerHandler[T]) -> SavedImage[T]:
             seen.add(path)
             path = links[path]
         if path not in handled:
-            raise EnvkitError(f"docker save archive lacks layer {layer}")
+            raise IntegrityError(f"docker save archive lacks layer {layer}")
         members.append(path)
     return SavedImage(entry=entry, config_bytes=config_bytes, members=members,
                       layers=[handled[m] for m in members])
@@ -196,8 +196,8 @@ def load_archive(client: docker.DockerClient, chunks: Iterable[bytes]) -> list[s
 
 def load_error(detail: str) -> EnvkitError:
     if "no space left" in detail.lower():
-        return EnvkitError(f"the engine ran out of disk space loading the image: {detail}")
-    return EnvkitError(f"the engine refused the image: {detail}")
+        return DiskFull(f"the engine ran out of disk space loading the image: {detail}")
+    return EngineRefused(f"the engine refused the image: {detail}")
 
 
 def load_image(

@@ -15,7 +15,7 @@ import tarfile
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from envkit.errors import EnvkitError
+from envkit.errors import IntegrityError
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
@@ -38,7 +38,7 @@ def carries_data(info: tarfile.TarInfo) -> bool:
     return info.type in _DATA_TYPES or info.type not in tarfile.SUPPORTED_TYPES
 
 
-class TarFormatError(EnvkitError):
+class TarFormatError(IntegrityError):
     """A tar stream this module cannot read (truncated, sparse members, a bad header)."""
 
 
@@ -401,5 +401,5 @@ def file_chunks(path: Any, size: int, *, label: str = "file") -> Iterator[bytes]
             sent += len(data)
             yield data
     if sent != size:
-        raise EnvkitError(f"{label} {path} changed while being sent")
+        raise IntegrityError(f"{label} {path} changed while being sent")
     yield bytes(padding(size))

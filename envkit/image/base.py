@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from envkit import labels
 from envkit.engine.client import image_exists
 from envkit.engine.dockerarchive import load_image, rfc3339, sha256_file
 from envkit.errors import BuildFailed, Interrupted, NetworkError, UsageError
+from envkit.events import Event, done, drain, relay
 from envkit.platforms import DEFAULT_PLATFORM, architecture
 from envkit.spec.model import Bootstrap
 
@@ -72,8 +73,13 @@ def parse_base_name(name: str, *, mirror: str | None = None, source_date_epoch: 
     return BasePlan(bootstrap=bootstrap, source_date_epoch=source_date_epoch)
 
 
-def bootstrap_rootfs(plan: BasePlan, out: Path, *, log: Callable[[str], None] | None = None) -> str:
+def bootstrap_rootfs(plan: BasePlan, out: Path) -> str:
     """Run mmdebstrap into ``out`` and return the tarball's sha256."""
+    return drain(bootstrap_events(plan, out))
+
+
+def bootstrap_events(plan: BasePlan, out: Path) -> Iterator[Event]:
+    """``bootstrap_rootfs`` as events: mmdebstrap's output lines, then the tarball's sha256."""
     if shutil.which("mmdebstrap") is None:
         raise UsageError(
             "mmdebstrap is not installed", hint="apt-get install mmdebstrap (scripts/engine.sh does)"
@@ -81,24 +87,26 @@ def bootstrap_rootfs(plan: BasePlan, out: Path, *, log: Callable[[str], None] | 
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(plan.source_date_epoch))
     cmd = plan.command(out)
     tail: list[str] = []
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip()
             tail = (tail + [line])[-20:]
-            if log:
-                log(line)
+            yield Event("log", line)
         code = proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
         raise Interrupted("base bootstrap interrupted; nothing was loaded") from None
+    finally:
+        # Also when the caller stops reading (Ctrl-C while it shows a line): no mmdebstrap left behind.
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait()
     if code != 0:
         text = "\n".join(tail)
         error = NetworkError if ("Could not resolve" in text or "Failed to fetch" in text) else BuildFailed
         raise error(f"mmdebstrap failed for {plan.bootstrap.suite} (exit {code})", details=text)
-    return sha256_file(out)
+    yield done("bootstrapped", sha256_file(out))
 
 
 def base_config(plan: BasePlan, diff_id: str, platform: str = DEFAULT_PLATFORM) -> dict[str, object]:
@@ -132,21 +140,23 @@ class BaseResult:
     created: bool
 
 
-def ensure_base(
-    client: docker.DockerClient,
-    plan: BasePlan,
-    *,
-    force: bool = False,
-    log: Callable[[str], None] | None = None,
-) -> BaseResult:
+def ensure_base(client: docker.DockerClient, plan: BasePlan, *, force: bool = False) -> BaseResult:
     """Bootstrap and load the base unless an image with its tag already exists."""
+    return drain(base_events(client, plan, force=force))
+
+
+def base_events(client: docker.DockerClient, plan: BasePlan, *, force: bool = False) -> Iterator[Event]:
+    """``ensure_base`` as events: the bootstrap's log lines, then the BaseResult."""
     if not force and image_exists(client, plan.tag):
         image = client.images.get(plan.tag)
         rootfs = (image.labels or {}).get(labels.BASE_ROOTFS, "")
-        return BaseResult(tag=plan.tag, image_id=image.id, rootfs_sha256=rootfs, created=False)
+        present = BaseResult(tag=plan.tag, image_id=image.id, rootfs_sha256=rootfs, created=False)
+        yield done("present", present)
+        return
     with tempfile.TemporaryDirectory(prefix="envkit-base-") as tmp:
         rootfs = Path(tmp) / "rootfs.tar"
-        diff_id = bootstrap_rootfs(plan, rootfs, log=log)
+        diff_id = yield from relay(bootstrap_events(plan, rootfs))
         config = base_config(plan, diff_id, plan.platform)
         image_id = load_image(client, config, [(diff_id, rootfs)], [plan.tag])
-    return BaseResult(tag=plan.tag, image_id=image_id, rootfs_sha256=diff_id, created=True)
+    yield done("loaded", BaseResult(tag=plan.tag, image_id=image_id, rootfs_sha256=diff_id, created=True))
+

@@ -12,7 +12,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from envkit.errors import (
     Interrupted,
     NetworkError,
 )
+from envkit.events import Event
 from envkit.image.base import BasePlan, ensure_base
 from envkit.image.context import BuildContext, detect_ca_bundle, proxy_build_args
 from envkit.image.render import RenderInput, render_dockerfile
@@ -62,13 +63,8 @@ _NETWORK_PATTERNS = (
 )
 
 
-@dataclass(frozen=True)
-class BuildEvent:
-    kind: str  # "phase", "step", "log", "download", "done"
-    message: str
-    step: int | None = None
-    total: int | None = None
-    data: dict[str, Any] = field(default_factory=dict)
+# The old name of envkit.events.Event, kept for modules that still import it from here.
+BuildEvent = Event
 
 
 @dataclass
@@ -328,7 +324,7 @@ def _stream_build(
     nocache: bool,
     network_mode: str | None = None,
     buildargs: dict[str, str] | None = None,
-) -> Iterator[BuildEvent]:
+) -> Iterator[Event]:
     """Run the classic build of ``plan`` and yield events; the last one carries the image ID."""
     context = make_context(plan)
     yield from stream_context_build(
@@ -345,7 +341,7 @@ def stream_context_build(
     nocache: bool,
     network_mode: str | None = None,
     buildargs: dict[str, str] | None = None,
-) -> Iterator[BuildEvent]:
+) -> Iterator[Event]:
     """Build a context tar on the classic builder and yield events; the last carries the image ID.
 
     Steps, logs and downloads become events; a failure is classified (hash mismatch, network,
@@ -389,7 +385,7 @@ def stream_context_build(
                 step = _STEP_RE.match(line)
                 if step:
                     step_line = line
-                    yield BuildEvent("step", step.group(3), int(step.group(1)), int(step.group(2)))
+                    yield Event("step", step.group(3), int(step.group(1)), int(step.group(2)))
                     continue
                 running = _RUNNING_RE.match(line)
                 if running:
@@ -402,7 +398,7 @@ def stream_context_build(
                 if built and image_id is None:
                     image_id = built.group(1)
                 kind = "download" if _DOWNLOAD_RE.search(line) else "log"
-                yield BuildEvent(kind, line.rstrip())
+                yield Event(kind, line.rstrip())
     except KeyboardInterrupt:
         # Closing the response cancels the build on the engine side.
         _close(stream)
@@ -418,7 +414,7 @@ def stream_context_build(
         raise
     if image_id is None:
         raise BuildFailed("the engine finished without reporting an image", details="\n".join(log))
-    yield BuildEvent("done", "built", data={"image_id": image_id, "cached_steps": cached})
+    yield Event("done", "built", data={"image_id": image_id, "cached_steps": cached})
 
 
 def _close(stream: Any) -> None:
@@ -436,7 +432,7 @@ def build_image(
     seal: bool = True,
     network_mode: str | None = None,
     buildargs: dict[str, str] | None = None,
-) -> Iterator[BuildEvent]:
+) -> Iterator[Event]:
     """Build ``plan``, seal it, and move ``tag`` (default: the spec's tag) to it; yields events.
 
     ``network_mode`` and ``buildargs`` replace the engine's default network and the proxy
@@ -448,9 +444,9 @@ def build_image(
     durations: dict[str, float] = {}
     started = time.monotonic()
     if plan.base_plan is not None:
-        yield BuildEvent("phase", f"base {plan.base_ref}")
+        yield Event("phase", f"base {plan.base_ref}")
         t0 = time.monotonic()
-        ensure_base(client, plan.base_plan, log=None)
+        ensure_base(client, plan.base_plan)
         durations["base"] = time.monotonic() - t0
     else:
         if not image_exists(client, plan.base_ref):
@@ -464,7 +460,7 @@ def build_image(
 
         known = sealcache.lookup(client, inputs)
         if known:
-            yield BuildEvent("phase", f"inputs unchanged since {known[7:19]} was built: reusing it")
+            yield Event("phase", f"inputs unchanged since {known[7:19]} was built: reusing it")
             tag_image(client, known, target)
             durations["total"] = time.monotonic() - started
             image = client.images.get(known)
@@ -473,9 +469,9 @@ def build_image(
                 spec_digest=plan.spec.digest(), lock_source=plan.lock_source, base_ref=plan.base_ref,
                 reused=True, sealed=seal,
             )
-            yield BuildEvent("done", f"reused {target}", data={"result": result})
+            yield Event("done", f"reused {target}", data={"result": result})
             return
-    yield BuildEvent("phase", f"build {target}")
+    yield Event("phase", f"build {target}")
     t0 = time.monotonic()
     image_id = ""
     cached = 0
@@ -510,7 +506,7 @@ def build_image(
         unsealed_id=unsealed.id,
         sealed=seal,
     )
-    yield BuildEvent("done", f"built {target}", data={"result": result})
+    yield Event("done", f"built {target}", data={"result": result})
 
 
 def build_input_digest(client: docker.DockerClient, plan: BuildPlan, *, seal: bool) -> str:
@@ -523,20 +519,20 @@ def build_input_digest(client: docker.DockerClient, plan: BuildPlan, *, seal: bo
 
 def seal_events(
     client: docker.DockerClient, unsealed_id: str, epoch: int, *, nocache: bool
-) -> Iterator[BuildEvent]:
+) -> Iterator[Event]:
     """Seal the fresh build (untagged, so a failure leaves every tag where it was)."""
     from envkit.image import sealcache
     from envkit.image.seal import seal_image
 
     known = None if nocache else sealcache.lookup(client, unsealed_id)
     if known:
-        yield BuildEvent("phase", f"seal: unchanged build, sealed image {known[7:19]} reused")
+        yield Event("phase", f"seal: unchanged build, sealed image {known[7:19]} reused")
         return known
-    yield BuildEvent("phase", "seal: rewriting layers deterministically")
+    yield Event("phase", "seal: rewriting layers deterministically")
     messages: list[str] = []
     result = seal_image(client, unsealed_id, source_date_epoch=epoch, tag=None, progress=messages.append)
     for message in messages:
-        yield BuildEvent("log", message)
+        yield Event("log", message)
     sealcache.remember(client, unsealed_id, result.image_id)
     return result.image_id
 

@@ -7,12 +7,13 @@ network and a Docker engine, while checking one needs neither.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import docker
 
 from envkit.errors import IntegrityError
+from envkit.events import Event, done, drain
 from envkit.image.base import ensure_base
 from envkit.image.build import BuildPlan, plan_build, resolve_spec, top_level_requirements
 from envkit.image.render import builder_packages, system_packages
@@ -22,13 +23,15 @@ from envkit.platforms import uv_platform
 from envkit.spec.catalog import SpecRef, list_catalog_paths, load
 
 
-def make_lock(
-    client: docker.DockerClient, name: str, *, log: Callable[[str], None] | None = None
-) -> tuple[BuildPlan, locks.LockFile]:
-    say = log or (lambda _msg: None)
+def make_lock(client: docker.DockerClient, name: str) -> tuple[BuildPlan, locks.LockFile]:
+    return drain(lock_events(client, name))
+
+
+def lock_events(client: docker.DockerClient, name: str) -> Iterator[Event]:
+    """``make_lock`` as phase events; the last one carries (plan, written lock)."""
     plan = plan_build(name, with_requirements=False, use_lock=False)
     spec = plan.spec
-    say(f"{spec.ref}: resolving the Python set with uv")
+    yield Event("phase", f"{spec.ref}: resolving the Python set with uv")
     requirements = locks.lock_requirements(
         top_level_requirements(plan.ref, plan.resolved),
         python=spec.python,
@@ -37,7 +40,7 @@ def make_lock(
     )
     base: dict[str, str] = {"ref": plan.base_ref}
     if plan.base_plan is not None:
-        say(f"{spec.ref}: base {plan.base_ref}")
+        yield Event("phase", f"{spec.ref}: base {plan.base_ref}")
         result = ensure_base(client, plan.base_plan)
         base.update(
             {
@@ -50,7 +53,7 @@ def make_lock(
         )
     else:
         base["image_id"] = client.images.get(plan.base_ref).id
-    say(f"{spec.ref}: pinning apt packages by a dry run in the base")
+    yield Event("phase", f"{spec.ref}: pinning apt packages by a dry run in the base")
     pins = resolve_apt(
         client,
         plan.base_ref,
@@ -70,7 +73,7 @@ def make_lock(
         f"the new lock of {spec.ref}",
     )
     locks.write_lock(plan.ref.lock_path, lock)
-    return plan, lock
+    yield done(f"wrote {plan.ref.lock_path}", (plan, lock))
 
 
 @dataclass(frozen=True)

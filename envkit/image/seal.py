@@ -51,7 +51,15 @@ from envkit.engine.dockerarchive import (
     save_stream,
 )
 from envkit.engine.tarstream import COPY_CHUNK, Source
-from envkit.errors import EnvkitError, IntegrityError, Interrupted, UsageError
+from envkit.errors import (
+    BuildFailed,
+    DiskFull,
+    EngineRefused,
+    EnvkitError,
+    IntegrityError,
+    Interrupted,
+    UsageError,
+)
 from envkit.image.seal_policy import (
     SOURCE_DATE_EPOCH_LABEL,
     LayerRewrite,
@@ -114,7 +122,7 @@ def _check_space(root: str, needed: int) -> None:
     free = shutil.disk_usage(root).free
     margin = 64 << 20
     if free < needed + margin:
-        raise EnvkitError(
+        raise DiskFull(
             f"not enough disk space to seal: {human_bytes(needed)} needed in {root}, "
             f"{human_bytes(free)} free",
             hint=f"free some space or point {TMPDIR_ENV} at a larger disk",
@@ -276,7 +284,7 @@ def seal_image(
         present = engine_chains(client)
         needed = [c for c in chain_ids(d for d, _ in layer_files) if c not in present]
         if needed and not rewrite_layers:
-            raise EnvkitError(f"the engine no longer holds the layers of {image}")
+            raise BuildFailed(f"the engine no longer holds the layers of {image}")
         say(f"loading sealed image {new_id[7:19]} "
             f"({len(needed)} of {len(layer_files)} layers new to the engine)")
         try:
@@ -324,12 +332,12 @@ def seal_image(
         detail = str(exc)
         if "no space left" in detail.lower():
             raise load_error(detail) from exc
-        raise EnvkitError(f"sealing {image} failed: {detail}",
+        raise EngineRefused(f"sealing {image} failed: {detail}",
                           hint=f"{', '.join(tags) or image} still points at the unsealed image") from exc
     except OSError as exc:
         _forget_untagged(client, new_id, existed_before, tagged)
         if exc.errno == errno.ENOSPC:
-            raise EnvkitError(
+            raise DiskFull(
                 f"disk full while sealing {image} (temporary files in {root}); "
                 f"{', '.join(tags) or image} still points at the unsealed image {source_id[7:19]}",
                 hint=f"free some space or point {TMPDIR_ENV} at a larger disk",

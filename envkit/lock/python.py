@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from envkit import platforms
 from envkit.atomic import write_text
-from envkit.errors import EnvkitError, IntegrityError, NetworkError, SpecError, UsageError
+from envkit.errors import IntegrityError, LockFailed, NetworkError, SpecError, UsageError
 from envkit.jsonio import canonical_digest
 from envkit.lock import grammar
 from envkit.platforms import uv_platform
@@ -275,7 +275,7 @@ def lock_requirements(
     """Resolve ``requirements`` for the image's platform and Python; return hashed requirements text.
 
     Binary wheels only, every file's sha256 listed. Unreachable indexes raise NetworkError; a
-    resolution that fails for any other reason raises EnvkitError with uv's message.
+    resolution that fails for any other reason raises LockFailed with uv's message.
     """
     with tempfile.TemporaryDirectory(prefix="envkit-lock-") as tmp:
         source = Path(tmp) / "requirements.in"
@@ -308,7 +308,7 @@ def lock_requirements(
                 f"could not reach the package index while locking: {message.splitlines()[-1]}",
                 details=message,
             )
-        raise EnvkitError(f"uv could not resolve {', '.join(requirements)}", details=message)
+        raise LockFailed(f"uv could not resolve {', '.join(requirements)}", details=message)
     return result.stdout
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from envkit.digests import sha256_file, sha256_stream
 from envkit.engine.client import find_image, inspect_image
 from envkit.engine.dockerarchive import load_archive
 from envkit.errors import IntegrityError, NetworkError, UsageError
+from envkit.events import Event, done, drain
 from envkit.jsonio import pretty_text
 from envkit.record.manifest import Manifest, parse_manifest
 from envkit.record.offline import DirStore, PackageServer, assert_cut_off, internal_network, outside_addresses
@@ -90,13 +91,15 @@ def apt_commands(plan: Any) -> dict[str, str]:
     }
 
 
-def record_apt(client: docker.DockerClient, plan: Any, root: Path, say: Say) -> list[str]:
-    """Run each stage's apt install (download only) in the base, through a recording proxy."""
+def record_apt(client: docker.DockerClient, plan: Any, root: Path) -> Generator[Event, None, list[str]]:
+    """Run each stage's apt install (download only) in the base, through a recording proxy.
+
+    Yields progress events; returns the recorded file names."""
     store = DirStore(root)
     with internal_network(client) as (network, gateway):
         with PackageServer(store, {}, gateway, record_to=store) as server:
             for stage, command in apt_commands(plan).items():
-                say(f"apt: recording the {stage} stage's packages")
+                yield Event("phase", f"apt: recording the {stage} stage's packages")
                 try:
                     client.containers.run(
                         plan.base_ref, ["bash", "-c", command], network=network, remove=True,
@@ -186,10 +189,13 @@ class _Bytes:
         return chunk
 
 
-def make_bundle(
-    client: docker.DockerClient, manifest_path: Path, output: Path, *, say: Say = _quiet
-) -> BundleIndex:
+def make_bundle(client: docker.DockerClient, manifest_path: Path, output: Path) -> BundleIndex:
     """Gather what an offline restore of ``manifest_path`` needs into ``output``."""
+    return drain(bundle_events(client, manifest_path, output))
+
+
+def bundle_events(client: docker.DockerClient, manifest_path: Path, output: Path) -> Iterator[Event]:
+    """``make_bundle`` as progress events; the last one carries the BundleIndex."""
     from envkit.image.base import ensure_base
     from envkit.image.build import TOOLS_LOCK
     from envkit.record.snapshot import plan_from_manifest
@@ -209,20 +215,20 @@ def make_bundle(
         root = Path(tmp) / "members"
         plan = plan_from_manifest(manifest, ca_bundle=None)
         if plan.base_plan is not None:
-            say(f"base: {plan.base_ref}")
-            ensure_base(client, plan.base_plan, log=None)
+            yield Event("phase", f"base: {plan.base_ref}")
+            ensure_base(client, plan.base_plan)
         base_id = save_base(client, plan.base_ref, root / BASE_NAME)
         expected_base = manifest.lock.base.get("image_id")
         if expected_base and expected_base != base_id:
             raise IntegrityError(f"base {plan.base_ref} is {base_id}, the lock records {expected_base}")
-        say("wheels: downloading the locked set for the image's platform")
+        yield Event("phase", "wheels: downloading the locked set for the image's platform")
         requirements = Path(tmp) / "requirements.txt"
         requirements.write_text(plan.requirements or "")
         suite = manifest.lock.base.get("suite") or "bookworm"
         for source in (requirements, TOOLS_LOCK):
             download_wheels(source, root / "wheels", python=plan.spec.python, platform=plan.spec.platform,
                             suite=suite)
-        record_apt(client, plan, root, say)
+        yield from record_apt(client, plan, root)
         files = {
             name: {"sha256": sha256_file(path), "size": path.stat().st_size} for name, path in _members(root)
         }
@@ -235,9 +241,9 @@ def make_bundle(
             base_ref=plan.base_ref, base_image_id=base_id, files=files, wheels=wheels,
         )
         mirror_files = sum(name.startswith("apt/") for name in files)
-        say(f"writing {output.name}: {len(wheels)} wheels, {mirror_files} mirror files")
+        yield Event("phase", f"writing {output.name}: {len(wheels)} wheels, {mirror_files} mirror files")
         write_bundle(output, manifest_text, index, root, manifest.source_date_epoch)
-    return index
+    yield done(f"wrote {output}", index)
 
 
 @dataclass
@@ -304,7 +310,7 @@ def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return source.read()
 
 
-def load_base(client: docker.DockerClient, bundle: OpenBundle, say: Say = _quiet) -> None:
+def load_base(client: docker.DockerClient, bundle: OpenBundle) -> Iterator[Event]:
     """Load the bundle's base image unless the engine already has it under the same ID."""
     ref, expected = bundle.index.base_ref, bundle.index.base_image_id
     attrs = find_image(client, ref)
@@ -314,7 +320,7 @@ def load_base(client: docker.DockerClient, bundle: OpenBundle, say: Say = _quiet
     if present is not None:
         raise IntegrityError(f"{ref} on this engine is {present}, the bundle's base is {expected}",
                              hint=f"remove the local {ref} and restore again")
-    say(f"base: loading {ref} from the bundle")
+    yield Event("phase", f"base: loading {ref} from the bundle")
     with tarfile.open(bundle.path, "r:") as tar:
         source = tar.extractfile(BASE_NAME)
         assert source is not None
@@ -326,18 +332,19 @@ def load_base(client: docker.DockerClient, bundle: OpenBundle, say: Say = _quiet
 
 def restore_offline_events(
     client: docker.DockerClient, bundle: OpenBundle, manifest: Manifest, *, tag: str | None = None,
-    nocache: bool = False, say: Say = _quiet,
-) -> Iterator[Any]:
+    nocache: bool = False,
+) -> Iterator[Event]:
     """Restore from an opened bundle with the build network cut off; yields build events."""
     from envkit.record.offline import TarStore
     from envkit.record.snapshot import restore_events
 
     if manifest.digest != bundle.index.manifest_digest:
         raise IntegrityError(f"{bundle.path}: its manifest is not the one its index was made for")
-    load_base(client, bundle, say)
+    yield from load_base(client, bundle)
     with internal_network(client) as (network, gateway):
         tried = assert_cut_off(client, network, bundle.index.base_ref, outside_addresses())
-        say(f"network: {network} is cut off ({', '.join(tried) or 'no outside address to try'} unreachable)")
+        yield Event("phase", f"network: {network} is cut off "
+                    f"({', '.join(tried) or 'no outside address to try'} unreachable)")
         with PackageServer(TarStore(bundle.path), bundle.index.wheels, gateway) as server:
             proxy = {"http_proxy": server.url, "HTTP_PROXY": server.url,
                      "no_proxy": gateway, "NO_PROXY": gateway}

@@ -2,23 +2,22 @@
 against the image, free disk. Each check is PASS, WARN, FAIL or SKIP with a one-line reason and fix.
 
 Every source of facts is a reader in ``HostReaders`` so tests feed recorded ``nvidia-smi`` CSV and
-NVML records instead of touching the host.
+NVML records instead of touching the host. The driver and GPUs are read and parsed by
+``envkit.host.gpu``, the reader `envkit doctor` uses too.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from envkit.errors import EngineUnreachable
-from envkit.incontainer.probe import archs
+from envkit.host import gpu as gpu_host
+from envkit.host.gpu import Gpu, HostGpus
 from envkit.verify.report import Check
 
 NVIDIA_TOOLKIT_FIX = (
@@ -32,16 +31,6 @@ MIN_DEVICE_REQUEST_API = (1, 40)
 DISK_MIN_BYTES = 256 * 2**20
 # torch.compile's caches, a user's checkpoints and the next image want more: below this, a warning.
 DISK_COMFORT_BYTES = 4 * 2**30
-SMI_FIELDS = ("index", "name", "driver_version", "memory.total", "compute_cap")
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    index: int
-    name: str
-    driver_version: str
-    memory_total_mib: int | None
-    compute_capability: tuple[int, int] | None
 
 
 @dataclass(frozen=True)
@@ -76,119 +65,9 @@ def _list_dir(path: str) -> list[str]:
 # --------------------------------------------------------------------------- readers
 
 
-def read_nvml() -> dict[str, Any] | None:
-    """NVML through nvidia-ml-py (optional), as a plain record; None when NVML cannot be loaded."""
-    try:
-        import pynvml  # noqa: PLC0415 - optional dependency (envkit[gpu])
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - no driver, no libnvidia-ml: same answer, no NVML
-        return None
-    try:
-
-        def text(value: Any) -> str:
-            return value.decode() if isinstance(value, bytes) else str(value)
-
-        record: dict[str, Any] = {
-            "driver_version": text(pynvml.nvmlSystemGetDriverVersion()),
-            "cuda_driver_version": int(pynvml.nvmlSystemGetCudaDriverVersion()),
-            "devices": [],
-        }
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            record["devices"].append(
-                {
-                    "index": index,
-                    "name": text(pynvml.nvmlDeviceGetName(handle)),
-                    "memory_total_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
-                    "cuda_compute_capability": list(pynvml.nvmlDeviceGetCudaComputeCapability(handle)),
-                }
-            )
-        return record
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def read_nvidia_smi() -> str | None:
-    """``nvidia-smi --query-gpu=... --format=csv`` output; None when nvidia-smi is missing or fails.
-    Drivers older than 510 do not know ``compute_cap``: ask again without it."""
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return None
-    for fields in (SMI_FIELDS, SMI_FIELDS[:-1]):
-        try:
-            proc = subprocess.run(
-                [exe, f"--query-gpu={','.join(fields)}", "--format=csv"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        if proc.returncode == 0:
-            return proc.stdout
-    return None
-
-
-def gpus_from_nvml(record: dict[str, Any]) -> list[GpuInfo]:
-    driver = str(record["driver_version"])
-    gpus = []
-    for dev in record.get("devices", []):
-        cap = dev.get("cuda_compute_capability")
-        gpus.append(
-            GpuInfo(
-                index=int(dev["index"]),
-                name=str(dev["name"]),
-                driver_version=driver,
-                memory_total_mib=int(dev["memory_total_bytes"]) // 2**20
-                if dev.get("memory_total_bytes")
-                else None,
-                compute_capability=(int(cap[0]), int(cap[1])) if cap else None,
-            )
-        )
-    return gpus
-
-
-def parse_nvidia_smi_csv(text: str) -> list[GpuInfo]:
-    """Parse ``--format=csv`` output with its header (``memory.total [MiB]``); units and
-    ``[N/A]`` are tolerated, the column order is taken from the header."""
-    rows = list(csv.reader(io.StringIO(text.strip()), skipinitialspace=True))
-    if not rows:
-        return []
-    header = [col.split(" [")[0].strip() for col in rows[0]]
-    gpus = []
-    for row in rows[1:]:
-        if not row or len(row) != len(header):
-            continue
-        values = dict(zip(header, (cell.strip() for cell in row), strict=True))
-        memory = values.get("memory.total", "")
-        memory_digits = memory.split()[0] if memory else ""
-        cap_text = values.get("compute_cap", "")
-        cap = archs.parse_capability(cap_text) if cap_text and cap_text[0].isdigit() else None
-        gpus.append(
-            GpuInfo(
-                index=int(values.get("index", len(gpus))),
-                name=values.get("name", "unknown"),
-                driver_version=values.get("driver_version", "unknown"),
-                memory_total_mib=int(memory_digits) if memory_digits.isdigit() else None,
-                compute_capability=cap,
-            )
-        )
-    return gpus
-
-
-def host_gpus(readers: HostReaders) -> tuple[list[GpuInfo], str]:
-    """The host's GPUs and where the answer came from ("nvml", "nvidia-smi" or "none")."""
-    record = readers.nvml()
-    if record is not None:
-        return gpus_from_nvml(record), "nvml"
-    text = readers.nvidia_smi()
-    if text is not None:
-        return parse_nvidia_smi_csv(text), "nvidia-smi"
-    return [], "none"
+def host_gpus(readers: HostReaders) -> HostGpus:
+    """The host's driver and GPUs from the readers, by the rule `envkit doctor` uses too."""
+    return gpu_host.read_recorded(readers.nvml(), readers.nvidia_smi())
 
 
 def docker_readers(get_client: Callable[[], Any]) -> HostReaders:
@@ -203,20 +82,15 @@ def docker_readers(get_client: Callable[[], Any]) -> HostReaders:
     return HostReaders(
         docker_version=lambda: client().version(),
         docker_info=lambda: client().info(),
-        nvml=read_nvml,
-        nvidia_smi=read_nvidia_smi,
+        nvml=gpu_host.nvml_record,
+        nvidia_smi=gpu_host.nvidia_smi_csv,
     )
 
 
 # --------------------------------------------------------------------------- checks
 
 
-def version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.strip().split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
+version_tuple = gpu_host.version_tuple
 
 
 def check_engine(readers: HostReaders) -> tuple[Check, dict[str, Any] | None]:
@@ -263,8 +137,8 @@ def check_runtime(info: dict[str, Any], readers: HostReaders) -> Check:
     )
 
 
-def check_driver(gpus: list[GpuInfo], source: str, req: ImageRequirements) -> Check:
-    if not gpus:
+def check_driver(host: HostGpus, req: ImageRequirements) -> Check:
+    if not host.gpus:
         need = f" >= {req.min_driver}" if req.min_driver else ""
         return Check(
             name="nvidia driver",
@@ -272,7 +146,7 @@ def check_driver(gpus: list[GpuInfo], source: str, req: ImageRequirements) -> Ch
             reason="no NVIDIA GPU or driver found (NVML not loadable, nvidia-smi missing or failing)",
             fix=f"install the NVIDIA driver{need}, or verify with --cpu",
         )
-    driver = gpus[0].driver_version
+    driver, source = host.driver or "unknown", host.source
     if not req.min_driver:
         return Check(
             name="nvidia driver",
@@ -281,7 +155,7 @@ def check_driver(gpus: list[GpuInfo], source: str, req: ImageRequirements) -> Ch
             "(label io.envkit.min-driver)",
         )
     cuda = f"CUDA {req.cuda}" if req.cuda else "its CUDA"
-    if version_tuple(driver) < version_tuple(req.min_driver):
+    if not gpu_host.driver_at_least(host.driver, req.min_driver):
         return Check(
             name="nvidia driver",
             status="FAIL",
@@ -295,24 +169,23 @@ def check_driver(gpus: list[GpuInfo], source: str, req: ImageRequirements) -> Ch
     )
 
 
-def check_gpu(gpu: GpuInfo, req: ImageRequirements) -> Check:
-    memory = f"{gpu.memory_total_mib} MiB" if gpu.memory_total_mib else "memory unknown"
+def check_gpu(gpu: Gpu, req: ImageRequirements) -> Check:
+    memory = f"{gpu.memory_mib} MiB" if gpu.memory_mib else "memory unknown"
     label = f"gpu {gpu.index}"
-    if gpu.compute_capability is None:
+    if gpu.capability is None:
         return Check(
             name=label,
             status="WARN",
             reason=f"{gpu.name}, {memory}: compute capability unknown (driver too old to report it)",
         )
-    major, minor = gpu.compute_capability
-    sm = archs.capability_name(major, minor)
+    sm = gpu.sm
     if not req.arch_list:
         return Check(
             name=label,
             status="WARN",
             reason=f"{gpu.name}, {memory}, {sm}: the image declares no arch list (label io.envkit.arch-list)",
         )
-    supported, how = archs.kernel_support(list(req.arch_list), major, minor)
+    supported, how = gpu_host.kernel_support(gpu.capability, req.arch_list)
     if not supported:
         return Check(
             name=label,
@@ -369,8 +242,9 @@ def run_preflight(
                 checks.append(Check(name="nvidia runtime", status="SKIP", reason="engine unreachable"))
             else:
                 checks.append(check_runtime(info, readers))
-        gpus, source = host_gpus(readers)
-        checks.append(check_driver(gpus, source, req))
+        host = host_gpus(readers)
+        gpus = list(host.gpus)
+        checks.append(check_driver(host, req))
         if gpus_wanted is not None and gpus and gpus_wanted > len(gpus):
             checks.append(
                 Check(

@@ -216,7 +216,7 @@ def test_disk_full_while_sealing_is_clear_and_keeps_the_tag(
 
 
 def test_diff_names_the_differences_and_exits_9(client, images: Images) -> None:
-    from envkit.cli.repro import diff_cmd
+    from envkit.cli.record import diff_cmd
     from envkit.record.diff import diff_images
 
     images.build("old", build_time=EPOCH + 5, torch="2.7.1")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from envkit.cli.matrix import matrix
+from envkit.cli.matrix import matrix_cmd as matrix
 from envkit.errors import CompatError
 from envkit.spec import compat
 

@@ -9,18 +9,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from envkit.spec import compat
-from envkit.verify.doctor import (
+from envkit.host.gpu import (
     NVIDIA_SMI_QUERY,
-    HostInfo,
     arch_support,
-    assess,
-    doctor,
     parse_nvidia_smi,
     read_host,
     read_nvidia_smi,
     read_nvml,
 )
+from envkit.host.gpu import HostGpus as HostInfo
+from envkit.spec import compat
+from envkit.verify.doctor import assess, doctor
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "doctor"
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from envkit.errors import EngineUnreachable
+from envkit.host.gpu import Gpu, host_from_nvml, parse_nvidia_smi
 from envkit.verify import preflight as pf
 from envkit.verify.report import Check
 
@@ -75,32 +76,23 @@ def by_name(checks: list[Check]) -> dict[str, Check]:
 
 
 def test_parse_nvidia_smi_csv() -> None:
-    gpus = pf.parse_nvidia_smi_csv(smi("h100-old-driver"))
-    assert len(gpus) == 2
-    assert gpus[1] == pf.GpuInfo(
-        index=1,
-        name="NVIDIA H100 80GB HBM3",
-        driver_version="535.104.05",
-        memory_total_mib=81559,
-        compute_capability=(9, 0),
-    )
+    host = parse_nvidia_smi(smi("h100-old-driver"))
+    assert len(host.gpus) == 2 and host.driver == "535.104.05"
+    assert host.gpus[1] == Gpu(index=1, name="NVIDIA H100 80GB HBM3", compute_cap="9.0", memory_mib=81559)
+    assert host.gpus[1].capability == (9, 0)
     # Old drivers answer without compute_cap; memory can be [N/A] on some boards.
     old = "index, name, driver_version, memory.total [MiB]\n0, Tesla T4, 470.82.01, [N/A]\n"
-    assert pf.parse_nvidia_smi_csv(old) == [
-        pf.GpuInfo(
-            index=0,
-            name="Tesla T4",
-            driver_version="470.82.01",
-            memory_total_mib=None,
-            compute_capability=None,
-        )
-    ]
+    host = parse_nvidia_smi(old)
+    assert host.driver == "470.82.01"
+    assert host.gpus == (Gpu(index=0, name="Tesla T4", compute_cap=None, memory_mib=None),)
+    assert host.gpus[0].sm is None
 
 
 def test_nvml_record_matches_nvidia_smi() -> None:
-    from_nvml = pf.gpus_from_nvml(nvml("h100-old-driver"))
-    from_smi = pf.parse_nvidia_smi_csv(smi("h100-old-driver"))
-    assert from_nvml[0] == from_smi[0]
+    from_nvml = host_from_nvml(nvml("h100-old-driver"))
+    from_smi = parse_nvidia_smi(smi("h100-old-driver"))
+    assert from_nvml.gpus[0] == from_smi.gpus[0]
+    assert from_nvml.driver == from_smi.driver
 
 
 def test_h100_with_old_driver_fails_on_the_driver_only() -> None:

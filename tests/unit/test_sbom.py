@@ -11,7 +11,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 from spdx_tools.spdx.parser.json.json_parser import parse_from_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
-from envkit.cli.sbom import FORMATS
+from envkit.cli.record import SBOM_FORMATS as FORMATS
 from envkit.errors import IntegrityError
 from envkit.record import sbom
 from envkit.record.manifest import (

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from envkit.cli.verify import parse_gpus, parse_workloads
-from envkit.cli.verify import verify as verify_command
+from envkit.cli.verify import verify_cmd as verify_command
 from envkit.errors import GpuHostNotReady, UsageError, VerificationFailed
 from envkit.incontainer.probe import EVENT_PREFIX, SCRIPT_FILES
 from envkit.verify import preflight as pf

@@ -1,0 +1,321 @@
+"""Commands that record and reproduce images: snapshot, restore, diff, export, import, bundle, sbom.
+
+Each parses its options, calls one core function and shows the result. Progress goes to stderr
+(live on a terminal, plain lines otherwise); data meant for programs (JSON, image IDs) goes to
+stdout. Failures are raised as envkit errors and turned into exit codes by ``envkit.cli.app.main``:
+`envkit diff` raises ReproMismatch (exit 9) after showing the differences, so a script can test
+`envkit diff A B` directly; a missing image is a UsageError (exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from envkit.cli import console
+from envkit.errors import ReproMismatch, UsageError
+
+if TYPE_CHECKING:
+    from envkit.record.snapshot import Manifest
+
+
+def _client():  # type: ignore[no-untyped-def]
+    from envkit.engine.client import get_client
+
+    return get_client()
+
+
+@click.command("snapshot")
+@click.argument("target", required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Manifest file to write (atomically).")
+@click.option("--with-host", is_flag=True, help="Record this host's driver, GPUs and engine version.")
+@click.option("--verify-report", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A JSON report from `envkit verify --json` to keep in the manifest.")
+@click.option("--container", metavar="ID", help="A running container instead of NAME|IMAGE: its image, "
+              "plus the Python packages changed in it since it started (locked to PyPI wheels).")
+def snapshot_cmd(
+    target: str | None, output: Path, with_host: bool, verify_report: Path | None, container: str | None
+) -> None:
+    """Write a manifest of everything that defines NAME or IMAGE (or a running container)."""
+    from envkit.engine.client import engine_version, get_client
+    from envkit.record.snapshot import snapshot as take
+    from envkit.record.snapshot import write_manifest
+
+    if (target is None) == (container is None):
+        raise UsageError("give NAME|IMAGE or --container ID (one of them, not both)")
+    client = get_client()
+    host = None
+    if with_host:
+        from envkit.host.gpu import read_host
+
+        host = {"engine": engine_version(client), **read_host().to_json()}
+    report = json.loads(verify_report.read_text()) if verify_report else None
+    if container is not None:
+        from envkit.record.drift import snapshot_container
+
+        manifest = snapshot_container(client, container, host=host, verify_report=report)
+        _show_drift(manifest)
+    else:
+        manifest = take(client, target or "", host=host, verify_report=report)
+    write_manifest(output, manifest)
+    for problem in manifest.lock_mismatches:
+        console.warning(f"image and lock disagree: {problem}")
+    console.success(
+        f"wrote {output}: {manifest.image.id[:19]}, {len(manifest.python_packages)} Python and "
+        f"{len(manifest.apt_packages)} apt packages"
+    )
+
+
+@click.command("restore")
+@click.argument("manifest_path", metavar="MANIFEST|BUNDLE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--tag", help="Tag for the restored image (default: the manifest's first tag).")
+@click.option("--no-cache", is_flag=True, help="Rebuild every step.")
+@click.option("--offline", is_flag=True, help="Build from a bundle (`envkit bundle`) with the build "
+              "network cut off: only the bundle's wheels and mirror files are reachable.")
+@click.option("--ca-bundle", envvar="ENVKIT_CA_BUNDLE", help="CA bundle for the builder stage "
+              "(default: PIP_CERT, SSL_CERT_FILE or REQUESTS_CA_BUNDLE).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def restore_cmd(
+    manifest_path: Path, tag: str | None, no_cache: bool, offline: bool, ca_bundle: str | None,
+    as_json: bool,
+) -> None:
+    """Rebuild the image a manifest describes and prove it is the same image (exit 9 if not)."""
+    from envkit.cli.image import check_tag
+    from envkit.engine.client import get_client
+    from envkit.record.bundle import is_bundle, open_bundle, restore_offline_events
+    from envkit.record.snapshot import parse_manifest, read_manifest, restore_events
+
+    if not manifest_path.is_file():
+        raise UsageError(f"{manifest_path}: no such manifest or bundle")
+    bundled = is_bundle(manifest_path)
+    if offline and not bundled:
+        raise UsageError(f"--offline needs a bundle, and {manifest_path} is not one",
+                         hint=f"make one with network: envkit bundle {manifest_path} -o env.bundle")
+    if tag is not None:
+        check_tag(tag)
+    progress = console.Progress(f"restore {manifest_path}")
+    manifest = None if bundled else read_manifest(manifest_path)
+    client = get_client()
+    with progress.running():
+        if bundled:
+            opened = open_bundle(manifest_path, say=progress.say)
+            manifest = parse_manifest(opened.manifest_text, f"{manifest_path}:manifest.json")
+        assert manifest is not None
+        # With drift, --tag names the final (drift) image; the base is restored under its own tag.
+        drift_tag, tag = (tag, None) if manifest.drift is not None else (None, tag)
+        if offline:
+            events = restore_offline_events(client, opened, manifest, tag=tag, nocache=no_cache)
+        else:
+            events = restore_events(client, manifest, tag=tag, nocache=no_cache, ca_bundle=ca_bundle)
+        result = console.show_job(progress.title, events, progress)
+    if manifest.drift is not None:
+        _finish_drift_restore(client, manifest, result, tag=drift_tag, nocache=no_cache, as_json=as_json)
+        return
+    identical = result.image_id == manifest.image.id
+    if as_json:
+        console.out.print_json(json.dumps({**result.to_json(), "expected": manifest.image.id,
+                                           "identical": identical, "offline": offline}))
+    if identical:
+        how = " (offline, from the bundle alone)" if offline else ""
+        console.success(f"identical: {result.tag} is {result.image_id}, the manifest's image{how}")
+        return
+    from envkit.record.diff import diff_images
+    from envkit.record.diff import render as render_diff
+
+    console.warning(f"restored {result.image_id[:19]}, not the manifest's {manifest.image.id[:19]}: "
+                    "reading the image to explain the difference (a few minutes for a large one)")
+    difference = diff_images(client, manifest, result.image_id)
+    render_diff(difference, console.console)
+    raise ReproMismatch(f"restored {result.image_id}, the manifest records {manifest.image.id}")
+
+
+@click.command("diff")
+@click.argument("a")
+@click.argument("b")
+@click.option("--files", is_flag=True, help="List every added, removed and changed file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the diff as JSON on stdout.")
+def diff_cmd(a: str, b: str, files: bool, as_json: bool) -> None:
+    """Explain how images (IDs, tags or manifest files) A and B differ. Exit 0 identical, 9 not."""
+    from envkit.record.diff import diff_images, is_manifest_ref, render
+
+    needs_engine = not (is_manifest_ref(a) and is_manifest_ref(b))
+    client = _client() if needs_engine else None
+    result = diff_images(client, a, b, files=files)
+    if as_json:
+        console.out.print(result.to_json(), markup=False, highlight=False, soft_wrap=True)
+    else:
+        render(result, console.out)
+    if not result.identical:
+        raise ReproMismatch(result.headline())
+
+
+@click.command("export")
+@click.argument("image")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Archive to write (zstd-compressed).")
+@click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True, help="zstd level.")
+@click.option("--format", "fmt", type=click.Choice(["docker-archive", "oci"]), default="docker-archive",
+              show_default=True, help="Archive layout inside the zstd stream.")
+def export_cmd(image: str, output: Path, level: int, fmt: str) -> None:
+    """Write IMAGE to FILE as a zstd-compressed docker-archive or OCI layout; the image ID survives."""
+    from envkit.engine.archive import export_image
+    from envkit.image.seal import human_bytes
+
+    client = _client()
+    progress = console.Progress(f"export {image}")
+    with progress.running():
+        result = export_image(client, image, output, level=level, fmt=fmt,
+                              progress=progress.say)
+    console.success(
+        f"exported {image} ({result.image_id[:19]}) to {result.path}: "
+        f"{human_bytes(result.uncompressed_bytes)} -> {human_bytes(result.compressed_bytes)}"
+    )
+    console.out.print(result.path)
+
+
+@click.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--max-size", metavar="SIZE", help="Refuse archives larger than SIZE once decompressed "
+              "(e.g. 20G; default: the engine's free disk space less a margin).")
+def import_cmd(file: Path, max_size: str | None) -> None:
+    """Load an archive written by `envkit export` (docker-archive or OCI layout; zstd, gzip or plain)."""
+    from envkit.engine.archive import import_image, parse_size
+
+    cap = parse_size(max_size) if max_size is not None else None
+    client = _client()
+    progress = console.Progress(f"import {file}")
+    with progress.running():
+        result = import_image(client, file, max_size=cap, progress=progress.say)
+    for ref, image_id in zip(result.loaded, result.image_ids, strict=False):
+        console.success(f"loaded {ref} ({image_id[:19]})")
+    for image_id in result.image_ids:
+        console.out.print(image_id)
+
+
+@click.command("bundle")
+@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The bundle file to write (an uncompressed tar; replaced only on success).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def bundle_cmd(manifest_path: Path, output: Path, as_json: bool) -> None:
+    """Bundle a manifest with its base, wheels and .debs for `envkit restore BUNDLE --offline`."""
+    from envkit.engine.client import get_client
+    from envkit.record.bundle import bundle_events
+
+    client = get_client()
+    index = console.show_job(f"bundle {manifest_path}", bundle_events(client, manifest_path, output))
+    size = output.stat().st_size
+    if as_json:
+        console.out.print_json(json.dumps({
+            "bundle": str(output), "size": size, "image_id": index.image_id,
+            "files": len(index.files), "wheels": len(index.wheels),
+        }))
+    console.success(
+        f"wrote {output}: {size / 1e9:.2f} GB, {len(index.wheels)} wheels, "
+        f"{sum(n.startswith('apt/') for n in index.files)} mirror files, base {index.base_image_id[:19]}"
+    )
+
+
+SBOM_FORMATS = ("cyclonedx", "spdx")
+
+
+def load_sbom_target(target: str) -> Manifest:
+    """A manifest file is read (and its digest checked); anything else is snapshotted from the engine."""
+    from envkit.record.snapshot import read_manifest
+
+    path = Path(target)
+    if path.is_file() and path.suffix not in (".yaml", ".yml"):
+        return read_manifest(path)
+    from envkit.engine.client import get_client
+    from envkit.record.snapshot import snapshot
+
+    return snapshot(get_client(), target)
+
+
+@click.command("sbom")
+@click.argument("target", metavar="IMAGE|MANIFEST")
+@click.option("--format", "fmt", type=click.Choice(SBOM_FORMATS), required=True,
+              help="cyclonedx (CycloneDX 1.6 JSON) or spdx (SPDX 2.3 JSON).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to FILE (atomically) instead of stdout.")
+def sbom_cmd(target: str, fmt: str, output: Path | None) -> None:
+    """Write a software bill of materials for IMAGE (NAME or a tag) or a MANIFEST from `envkit snapshot`.
+
+    The same manifest always gives the same bytes: the document's time is the image's
+    SOURCE_DATE_EPOCH and its serial number derives from the manifest's digest.
+    """
+    from envkit.atomic import write_text
+    from envkit.record.sbom import FORMAT_NAMES, render
+
+    manifest = load_sbom_target(target)
+    for problem in manifest.lock_mismatches:
+        console.warning(f"image and lock disagree: {problem}")
+    text = render(manifest, fmt)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    write_text(output, text)
+    console.success(
+        f"wrote {output}: {FORMAT_NAMES[fmt]}, {len(manifest.python_packages)} Python and "
+        f"{len(manifest.apt_packages)} apt packages in {manifest.image.id[:19]}"
+    )
+
+
+def _show_drift(manifest: Any) -> None:
+    """What `snapshot --container` recorded beyond the image, and what restore will not rebuild."""
+    drift = manifest.drift
+    if drift is None:
+        return
+    added = sum(1 for wheel in drift.wheels if wheel.image_version is None)
+    counts = drift.docker_diff
+    console.info(
+        f"drift of container {drift.container_name}: {added} Python package(s) added, "
+        f"{len(drift.wheels) - added} changed, {len(drift.removed)} removed; docker diff: "
+        f"{counts.added} added, {counts.changed} changed, {counts.deleted} deleted paths"
+    )
+    for wheel in drift.wheels:
+        was = f" (image {wheel.image_version})" if wheel.image_version else ""
+        console.info(f"  locked {wheel.name} {wheel.version}{was}: {wheel.filename}")
+    for name, version in drift.removed.items():
+        console.info(f"  removed {name} {version}")
+    for line in drift.apt_changes:
+        console.warning(f"dpkg change in the container is recorded but not restored: {line}")
+    console.info("files changed outside Python packages are counted only; restore does not rebuild them")
+
+
+def _finish_drift_restore(
+    client: Any,
+    manifest: Any,
+    base: Any,
+    *,
+    tag: str | None,
+    nocache: bool,
+    as_json: bool,
+) -> None:
+    """The base was restored as ``base`` (a BuildResult); prove it, then build the drift layer."""
+    from envkit.record.drift import drift_events
+
+    if base.image_id != manifest.image.id:
+        from envkit.record.diff import diff_images
+        from envkit.record.diff import render as render_diff
+
+        render_diff(diff_images(client, manifest, base.image_id), console.console)
+        raise ReproMismatch(
+            f"restored base {base.image_id}, the manifest records {manifest.image.id}; "
+            "no drift layer was built"
+        )
+    events = drift_events(client, manifest, base.image_id, tag=tag, nocache=nocache)
+    result = console.show_job("drift layer", events)
+    if as_json:
+        console.out.print_json(json.dumps({**base.to_json(), "expected": manifest.image.id,
+                                           "identical": True, "drift": result.to_json()}))
+    console.success(
+        f"restored base identical ({base.image_id}) + drift layer: {result.packages} packages"
+        + (f", {result.removed} removed" if result.removed else "")
+        + f" -> {result.tag} {result.image_id}"
+    )
