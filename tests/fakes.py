@@ -115,7 +115,10 @@ class FakeContainer:
     def logs(self, stdout: bool = True, stderr: bool = True, **_: Any) -> bytes:
         if self.owner is None:
             return b""
-        out, err = self.owner.outputs.get(self.script, (self.owner.logs, ""))
+        outputs = self.owner.outputs
+        if "torch.distributed.run" in self.command and self.owner.ddp_outputs is not None:
+            outputs = self.owner.ddp_outputs
+        out, err = outputs.get(self.script, (self.owner.logs, ""))
         return ((out if stdout else "") + (err if stderr else "")).encode()
 
     def stop(self, timeout: int = 10) -> None:
@@ -213,7 +216,8 @@ class FakeClient:
     """A docker.DockerClient stand-in.
 
     Knobs: `images` by reference and a `default_image` for any other reference; `runtimes` for
-    `info()`; per-script container `outputs` (stdout, stderr) and `logs` for the rest;
+    `info()`; per-script container `outputs` (stdout, stderr), `ddp_outputs` for containers that
+    run torchrun, and `logs` for the rest;
     `start_error` (containers refuse to start), `hang` (scripts whose wait times out); `saved`
     (what `docker save` streams) with `save_fails_after`/`save_error`; `load_messages` (what
     `docker load` answers); `build_stream` with `build_interrupt_after`.
@@ -226,6 +230,7 @@ class FakeClient:
         default_image: FakeImage | None = None,
         runtimes: dict[str, Any] | None = None,
         outputs: dict[str, tuple[str, str]] | None = None,
+        ddp_outputs: dict[str, tuple[str, str]] | None = None,
         logs: str = "",
         start_error: str | None = None,
         hang: tuple[str, ...] = (),
@@ -241,6 +246,7 @@ class FakeClient:
         self.api = FakeApi(self)
         self.runtimes = runtimes if runtimes is not None else {"runc": {}}
         self.outputs = outputs or {}
+        self.ddp_outputs = ddp_outputs
         self.logs = logs
         self.start_error = start_error
         self.hang = hang

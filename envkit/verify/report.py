@@ -97,6 +97,7 @@ class RungSettings(_Strict):
     amp_bf16: bool
     channels_last: bool
     compile: bool
+    amp_fp16: bool = False  # GPUs before sm_80 run AMP in fp16 (with a GradScaler) instead of bf16
 
 
 class RungResult(_Strict):
@@ -114,6 +115,12 @@ class RungResult(_Strict):
     loss_first: float | None = None
     loss_last: float | None = None
     compile_s: float | None = None
+    # The batch this rung ran with, and how often it was halved after running out of memory.
+    batch_size: int | None = None
+    oom_retries: int = 0
+    # A failed rung: the exception in full (truncated) and the tail of stderr while it ran.
+    detail: str | None = None
+    stderr_tail: str | None = None
     # Filled on the host from the reference data: achieved TFLOP/s over the GPU's dense peak for
     # the precision the rung computes in.
     peak_share: float | None = None
@@ -138,6 +145,7 @@ class BenchDevice(_Strict):
     capability: str | None
     total_memory_bytes: int | None
     count: int | None
+    multi_processor_count: int | None = None
 
 
 class DistributedWorkload(_Strict):
@@ -207,6 +215,7 @@ class Comparison(_Strict):
     min_ratio: float
     gating: bool
     status: CheckStatus
+    note: str | None = None
 
 
 class Verdict(_Strict):
@@ -250,6 +259,7 @@ class PeakTflops(_Strict):
     fp32: float | None = None
     tf32: float | None = None
     bf16: float | None = None
+    fp16: float | None = None
     source: str
     conditions: str
 
@@ -267,12 +277,54 @@ class ThroughputReference(_Strict):
 
 class GpuReference(_Strict):
     gpu_model: str
+    # Regular expressions searched in the device name (case-insensitive). Each name must match one
+    # reference only: "H200" alone would also catch "GH200" and "H200 NVL" (a unit test checks).
     match: list[str]
+    memory_gb: list[float] = []  # the memory sizes the model is sold with
+    # Streaming multiprocessors of the whole GPU: a MIG slice's share of the card is its SM count
+    # over this. mig_compute_slices: the compute slices the whole GPU splits into (7 on A100/H100).
+    multiprocessors: int | None = None
+    mig_compute_slices: int | None = None
+    specs_source: str | None = None  # where memory, SM count and MIG slices come from
     peak_tflops: PeakTflops | None = None
     throughput: list[ThroughputReference] = []
 
     def matches(self, device_name: str) -> bool:
-        return any(re.search(re.escape(pattern), device_name, re.IGNORECASE) for pattern in self.match)
+        return any(re.search(pattern, device_name, re.IGNORECASE) for pattern in self.match)
+
+
+_MIG_RE = re.compile(r"\bMIG\s+(\d+)g\.(\d+)gb\b", re.IGNORECASE)
+
+
+class MigSlice(_Strict):
+    profile: str
+    compute_slices: int
+    memory_gb: int
+
+
+def mig_slice(device_name: str) -> MigSlice | None:
+    """``NVIDIA A100-SXM4-40GB MIG 1g.5gb`` -> the 1g.5gb profile; None for a whole GPU."""
+    found = _MIG_RE.search(device_name)
+    if not found:
+        return None
+    return MigSlice(
+        profile=f"{found.group(1)}g.{found.group(2)}gb",
+        compute_slices=int(found.group(1)),
+        memory_gb=int(found.group(2)),
+    )
+
+
+def mig_fraction(ref: GpuReference, device_name: str, multi_processor_count: int | None) -> float | None:
+    """The share of the whole GPU a MIG slice has: its SMs over the card's, else its compute slices
+    over the card's; 1.0 for a whole GPU; None when a slice's share cannot be told."""
+    found = mig_slice(device_name)
+    if found is None:
+        return 1.0
+    if multi_processor_count and ref.multiprocessors:
+        return min(1.0, multi_processor_count / ref.multiprocessors)
+    if ref.mig_compute_slices:
+        return found.compute_slices / ref.mig_compute_slices
+    return None
 
 
 @lru_cache(maxsize=4)
@@ -296,12 +348,18 @@ def _rung_precision(settings: RungSettings | None) -> str | None:
         return None
     if settings.amp_bf16:
         return "bf16"
+    if settings.amp_fp16:
+        return "fp16"
     return "tf32" if settings.tf32 else "fp32"
 
 
 def with_peak_share(bench: BenchResult, ref: GpuReference | None) -> BenchResult:
-    """A copy of ``bench`` whose rungs carry achieved / peak TFLOP/s, where a peak is recorded."""
+    """A copy of ``bench`` whose rungs carry achieved / peak TFLOP/s, where a peak is recorded.
+    A MIG slice is measured against its share of the card's peak."""
     if ref is None or ref.peak_tflops is None or bench.device.type != "cuda":
+        return bench
+    fraction = mig_fraction(ref, bench.device.name, bench.device.multi_processor_count)
+    if fraction is None:
         return bench
     workloads = []
     for work in bench.workloads:
@@ -309,7 +367,7 @@ def with_peak_share(bench: BenchResult, ref: GpuReference | None) -> BenchResult
         for rung in work.rungs:
             precision = _rung_precision(rung.settings)
             peak = getattr(ref.peak_tflops, precision) if precision else None
-            share = rung.tflops / peak if rung.tflops and peak else None
+            share = rung.tflops / (peak * fraction) if rung.tflops and peak else None
             rungs.append(rung.model_copy(update={"peak_share": share}))
         workloads.append(work.model_copy(update={"rungs": rungs}))
     return bench.model_copy(update={"workloads": workloads})
@@ -327,6 +385,18 @@ def compare(
     ref = reference_for(bench.device.name, references)
     if ref is None:
         return []
+    # A MIG slice shares the card's name: compare it with its share of the whole-GPU figure, for
+    # information only. Throughput does not scale exactly with the slice (memory bandwidth, cache
+    # and the CPU side do not split the same way), so it never fails the run.
+    mig = mig_slice(bench.device.name)
+    fraction = mig_fraction(ref, bench.device.name, bench.device.multi_processor_count) if mig else 1.0
+    note = None
+    if mig is not None:
+        share = f"{fraction:.2f} of the GPU" if fraction else "an unknown share of the GPU"
+        note = (
+            f"MIG slice {mig.profile} ({share}): the reference is a whole-GPU figure, scaled to the "
+            "slice for information; not a pass/fail floor"
+        )
     results: list[Comparison] = []
     for work in bench.workloads:
         for figure in ref.throughput:
@@ -341,8 +411,12 @@ def compare(
             ]
             best = max(eligible, key=lambda r: r.images_per_s or 0.0, default=None)
             measured = best.images_per_s if best else None
-            ratio = measured / figure.images_per_s if measured else None
-            if not figure.use_for_threshold:
+            scale = (fraction or 0.0) if mig else 1.0
+            reference = figure.images_per_s * scale
+            high = figure.images_per_s_high * scale if figure.images_per_s_high else None
+            ratio = measured / reference if measured and reference else None
+            gating = figure.use_for_threshold and mig is None
+            if not gating:
                 status: CheckStatus = "SKIP"
             elif ratio is None or ratio < min_ratio:
                 status = "FAIL"
@@ -352,16 +426,17 @@ def compare(
                 Comparison(
                     workload=work.name,
                     gpu_model=ref.gpu_model,
-                    reference_images_per_s=figure.images_per_s,
-                    reference_images_per_s_high=figure.images_per_s_high,
+                    reference_images_per_s=reference,
+                    reference_images_per_s_high=high,
                     source=figure.source,
                     conditions=figure.conditions,
                     measured_rung=best.name if best else None,
                     measured_images_per_s=measured,
                     ratio=ratio,
                     min_ratio=min_ratio,
-                    gating=figure.use_for_threshold,
+                    gating=gating,
                     status=status,
+                    note=note,
                 )
             )
     return results
@@ -378,6 +453,18 @@ def _fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:
 
 def _bytes(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**30:.1f} GiB"
+
+
+def _rung_note(rung: RungResult, requested_batch: int) -> str:
+    notes = []
+    if rung.compile_s:
+        notes.append(f"compile {rung.compile_s:.0f} s")
+    if rung.settings is not None and rung.settings.amp_fp16:
+        notes.append("fp16")
+    if rung.batch_size and rung.batch_size != requested_batch:
+        retries = f" after {rung.oom_retries} out-of-memory retries" if rung.oom_retries else ""
+        notes.append(f"batch {rung.batch_size}{retries}")
+    return ", ".join(notes)
 
 
 def render(report: VerifyReport) -> Group:
@@ -457,7 +544,7 @@ def render(report: VerifyReport) -> Group:
                     _fmt(rung.tflops, ".2f"),
                     _fmt(rung.peak_share * 100 if rung.peak_share is not None else None, ".0f", "%"),
                     _fmt(rung.speedup, ".2f", "x"),
-                    f"compile {rung.compile_s:.0f} s" if rung.compile_s else "",
+                    _rung_note(rung, work.batch_size),
                 )
             if work.error:
                 table.add_row("error", Text(work.error, style="red"))
@@ -514,7 +601,7 @@ def render(report: VerifyReport) -> Group:
                 ref,
                 _fmt(comp.ratio, ".2f"),
                 Text(comp.status, style=_STYLE[comp.status]),
-                f"{comp.source}; {comp.conditions}",
+                f"{comp.source}; {comp.conditions}" + (f"; {comp.note}" if comp.note else ""),
             )
         parts.append(table)
     if report.verdict:

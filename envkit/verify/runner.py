@@ -443,6 +443,38 @@ def diagnose_bench(bench: BenchResult, workloads: tuple[str, ...]) -> list[str]:
     return problems
 
 
+def rank_errors(events: list[dict[str, Any]]) -> list[str]:
+    """The causes the ranks of a multi-process run reported before they exited."""
+    return [
+        f"rank {e.get('rank')} failed in {e.get('workload')} {e.get('rung')}: {e.get('reason')}"
+        for e in events
+        if e.get("event") == "rank_error"
+    ]
+
+
+def diagnose_ddp(
+    run: RunResult, ddp: BenchResult | None, workloads: tuple[str, ...], parse_error: str | None = None
+) -> list[str]:
+    """The multi-process run, judged as the single-process one is (errors, failed rungs, missing
+    throughput), plus its own section: every workload needs a DDP throughput."""
+    prefix = "multi-process benchmark: "
+    problems = rank_errors(run.events)
+    if ddp is None:
+        if not problems:
+            problems.append(parse_error or f"no report (exit code {run.exit_code})")
+        return [prefix + p for p in problems]
+    problems += diagnose_bench(ddp, workloads)
+    if ddp.distributed is None:
+        problems.append("the report has no DDP section")
+    else:
+        for item in ddp.distributed.workloads:
+            if not item.ddp_images_per_s:
+                problems.append(f"{item.workload}: no DDP throughput measured")
+    if not ddp.ok and not problems:
+        problems.append("the benchmark reported a failure (ok: false)")
+    return [prefix + p for p in problems]
+
+
 # --------------------------------------------------------------------------- verify
 
 
@@ -464,7 +496,14 @@ def _parse(model: type[Any], text: str) -> Any:
         raise ValueError(f"no valid {model.__name__} document in the output ({exc})") from exc
 
 
-def bench_args(options: VerifyOptions) -> list[str]:
+def dist_timeout_s(stage_timeout_s: float) -> float:
+    """How long a rank may wait in one collective. A third of the stage's time: long enough for
+    rank 0's single-process baseline (the other ranks wait for it, compile included), short enough
+    that a stuck collective fails with a cause before the stage is killed without one."""
+    return max(120.0, stage_timeout_s / 3)
+
+
+def bench_args(options: VerifyOptions, *, ddp: bool = False) -> list[str]:
     args = ["--workload", ",".join(options.workloads), "--impl", options.impl]
     if options.cpu:
         args.append("--cpu")
@@ -472,6 +511,8 @@ def bench_args(options: VerifyOptions) -> list[str]:
         args.append("--compile")
     if options.steps:
         args += ["--steps", str(options.steps)]
+    if ddp:
+        args += ["--dist-timeout", f"{dist_timeout_s(options.timeout_s):g}"]
     return args
 
 
@@ -637,19 +678,24 @@ def verify(
     if options.gpus is None and not options.cpu and report.probe.device_count > 1:
         nproc = report.probe.device_count
     if nproc > 1:
-        ddp_run = stage("bench.py", bench_args(options), nproc=nproc)
+        ddp_run = stage("bench.py", bench_args(options, ddp=True), nproc=nproc)
         if ddp_run is None:
             return report
         if ddp_run.timed_out:
             timed_out("multi-process benchmark", ddp_run)
+            # What the ranks said before they hung is the cause: keep it.
+            if report.verdict is not None:
+                report.verdict = report.verdict.model_copy(update={"reasons": rank_errors(ddp_run.events)})
             return report
+        parse_error = None
         try:
             report.bench_ddp = _parse(BenchResult, ddp_run.stdout)
-            if report.bench_ddp.distributed is None:
-                problems.append("the multi-process benchmark reported no DDP section")
         except ValueError as exc:
             report.log_tail = _tail(ddp_run.stderr)
-            problems.append(f"multi-process benchmark: {exc}")
+            parse_error = str(exc)
+        if report.bench_ddp is None or not report.bench_ddp.ok:
+            report.log_tail = _tail(ddp_run.stderr)
+        problems += diagnose_ddp(ddp_run, report.bench_ddp, options.workloads, parse_error)
 
     report.comparisons = compare(report.bench, min_ratio=options.min_ratio)
     problems += [

@@ -135,3 +135,29 @@ def test_cpu_ddp_over_gloo_in_the_container(image: str, tmp_path: Path) -> None:
     item = dist["workloads"][0]
     assert item["scaling_efficiency"] > 0 and item["ddp_images_per_s"] > 0
     assert dist["allreduce"]["busbw_gb_s"] > 0
+
+
+def test_cpu_verify_with_compile_skips_the_rung_without_a_compiler(image: str, tmp_path: Path) -> None:
+    """The image ships no C/C++ compiler or Python headers: torch.compile would fail on its first
+    step. The rung is skipped with the reason and the run passes."""
+    report_path = tmp_path / "r.json"
+    proc = envkit(
+        "verify",
+        image,
+        "--cpu",
+        "--compile",
+        "--workload",
+        "resnet50",
+        "--steps",
+        "2",
+        "--json",
+        str(report_path),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["verdict"]["status"] == "pass"
+    (work,) = report["bench"]["workloads"]
+    rungs = {r["name"]: r for r in work["rungs"]}
+    assert rungs["compile"]["status"] == "skipped"
+    assert "torch.compile needs a compiler" in rungs["compile"]["reason"]
+    assert "C++ compiler" in rungs["compile"]["reason"] or "Python.h" in rungs["compile"]["reason"]

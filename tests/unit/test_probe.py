@@ -141,3 +141,17 @@ def test_script_runs_from_a_bare_copy_and_prints_one_document(tmp_path: Path) ->
         failed = ProbeResult.model_validate(json.loads(proc.stdout))
         assert not failed.ok and not failed.cuda_available
         assert "without CUDA" in (failed.cuda_error or "")
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [
+        ("sm_75", ["fp32"]),  # T4: torch.cuda.is_bf16_supported() says True, but bf16 is emulated
+        ("sm_70", ["fp32"]),  # V100
+        ("sm_80", ["fp32", "tf32", "bf16"]),
+        ("sm_90", ["fp32", "tf32", "bf16"]),
+        ("sm_120", ["fp32", "tf32", "bf16"]),
+    ],
+)
+def test_gpu_precisions_follow_each_device_capability(capability: str, expected: list[str]) -> None:
+    assert probe.gpu_precisions(capability) == expected

@@ -46,11 +46,17 @@ def gpu_host(nvidia_runtime: bool = True, smi_name: str = "a100") -> pf.HostRead
 
 
 def verify_client(
-    outputs: dict[str, tuple[str, str]] | None = None, *, start_error: str | None = None, hang: tuple[str, ...] = ()
+    outputs: dict[str, tuple[str, str]] | None = None,
+    *,
+    start_error: str | None = None,
+    hang: tuple[str, ...] = (),
+    ddp_outputs: dict[str, tuple[str, str]] | None = None,
 ) -> FakeClient:
-    """An engine holding one labelled image, whose containers print `outputs` per script."""
+    """An engine holding one labelled image, whose containers print `outputs` per script
+    (`ddp_outputs` for the torchrun container)."""
     image = FakeImage("sha256:" + "ab" * 32, labels=LABELS)
-    return FakeClient({"envkit/pytorch-cuda:2.8": image}, outputs=outputs, start_error=start_error, hang=hang)
+    return FakeClient({"envkit/pytorch-cuda:2.8": image}, outputs=outputs, ddp_outputs=ddp_outputs,
+                      start_error=start_error, hang=hang)
 
 
 # --------------------------------------------------------------------------- canned documents
@@ -464,3 +470,134 @@ def test_cli_writes_the_report_then_fails(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert isinstance(result.exception, GpuHostNotReady)
     assert json.loads(target.read_text())["verdict"]["exit_code"] == 7
     assert seen[0].gpus == 2 and seen[0].workloads == ("yolo",) and seen[0].timeout_s == 30
+
+
+# --------------------------------------------------------------------------- healthy GPUs of every kind
+
+
+def _two_gpu_probe() -> dict[str, Any]:
+    device = probe_doc()["devices"][0]
+    return probe_doc(device_count=2, devices=[device, dict(device, index=1)])
+
+
+def _ddp_doc(
+    *, ok: bool = True, rate: float | None = 5000.0, errors: list[str] | None = None
+) -> dict[str, Any]:
+    doc = bench_doc(3000.0)
+    doc.update(ok=ok, world_size=2, errors=errors or [])
+    doc["workloads"] = [dict(doc["workloads"][0], rungs=[rung("amp_bf16", rate or 1.0)])]
+    doc["distributed"] = {
+        "backend": "nccl",
+        "world_size": 2,
+        "workloads": [
+            {
+                "workload": "resnet50",
+                "rung": "amp_bf16",
+                "batch_per_process": 256,
+                "single_images_per_s": 3000.0,
+                "ddp_images_per_s": rate,
+                "scaling_efficiency": rate / 6000.0 if rate else None,
+            }
+        ],
+        "allreduce": {"bytes": 2**28, "time_ms": 5.0, "algbw_gb_s": 50.0, "busbw_gb_s": 50.0},
+    }
+    return doc
+
+
+def _run_ddp(ddp_stdout: str, ddp_stderr: str = "") -> VerifyReport:
+    client = verify_client(
+        outputs(probe=_two_gpu_probe()),
+        ddp_outputs={"bench.py": (ddp_stdout, ddp_stderr)},
+    )
+    return run_fake(client, workloads=("resnet50",))
+
+
+def test_healthy_ddp_run_passes_and_gets_a_collective_timeout() -> None:
+    client = verify_client(
+        outputs(probe=_two_gpu_probe()), ddp_outputs={"bench.py": (json.dumps(_ddp_doc()), "")}
+    )
+    report = run_fake(client, workloads=("resnet50",), timeout_s=1800)
+    assert report.verdict and report.verdict.exit_code == 0, report.verdict
+    ddp_command = client.created[-1].command
+    assert "--nproc_per_node=2" in ddp_command
+    assert ddp_command[ddp_command.index("--dist-timeout") + 1] == "600"
+
+
+def test_failed_ddp_run_fails_the_verdict() -> None:
+    doc = _ddp_doc(ok=False, errors=["resnet50: RuntimeError: NCCL error: unhandled system error"])
+    doc["workloads"][0]["rungs"] = [dict(rung("amp_bf16", 1.0), status="error", reason="rank 1: loss is nan")]
+    report = _run_ddp(json.dumps(doc))
+    assert report.verdict and report.verdict.exit_code == VerificationFailed.exit_code
+    reasons = report.verdict.reasons
+    assert "multi-process benchmark: resnet50: RuntimeError: NCCL error: unhandled system error" in reasons
+    assert "multi-process benchmark: resnet50 amp_bf16: rank 1: loss is nan" in reasons
+
+
+def test_ddp_run_without_throughput_fails() -> None:
+    report = _run_ddp(json.dumps(_ddp_doc(rate=None)))
+    assert report.verdict and report.verdict.exit_code == 8
+    assert any("resnet50: no DDP throughput measured" in r for r in report.verdict.reasons)
+
+
+def test_ddp_rank_error_is_the_reason_when_no_report_comes() -> None:
+    event = {
+        "event": "rank_error",
+        "rank": 1,
+        "workload": "resnet50",
+        "rung": "amp_bf16",
+        "reason": "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+    }
+    report = _run_ddp("", f"[bench] starting\n{EVENT_PREFIX}{json.dumps(event)}\n")
+    assert report.verdict and report.verdict.exit_code == 8
+    assert report.verdict.reasons == [
+        "multi-process benchmark: rank 1 failed in resnet50 amp_bf16: "
+        "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    ]
+
+
+def test_mig_slice_is_measured_against_its_share() -> None:
+    """A 1g.10gb slice of an H100 has 16 of 132 SMs: a fraction of the whole card's images/s is
+    healthy, and its share of peak is taken against the slice's share of the peak."""
+    doc = bench_doc(300.0, device="NVIDIA H100 80GB HBM3 MIG 1g.10gb")
+    doc["device"]["multi_processor_count"] = 16
+    doc["device"]["total_memory_bytes"] = 10_200_547_328
+    device = dict(probe_doc()["devices"][0], name="NVIDIA H100 80GB HBM3 MIG 1g.10gb")
+    report = run_fake(verify_client(outputs(probe=probe_doc(devices=[device]), bench=doc)))
+    assert report.verdict and report.verdict.exit_code == 0, report.verdict
+    amp = report.bench.workloads[0].rungs[1]
+    assert amp.peak_share == pytest.approx((300 * 24.5e9 / 1e12) / (989.4 * 16 / 132), rel=1e-3)
+    (gating,) = [c for c in report.comparisons if c.source.startswith("Lambda")]
+    assert gating.gating is False and gating.status == "SKIP"
+    assert gating.reference_images_per_s == pytest.approx(2616 * 16 / 132)
+    assert gating.note and "MIG slice 1g.10gb" in gating.note
+    assert render(report)
+
+
+def test_newer_gpus_get_a_share_of_peak() -> None:
+    for name, peak in [("NVIDIA H200", 989.5), ("NVIDIA GH200 480GB", 989.5), ("NVIDIA H100 NVL", 835.5)]:
+        report = run_fake(verify_client(outputs(bench=bench_doc(3000.0, device=name))))
+        assert report.verdict and report.verdict.exit_code == 0, (name, report.verdict)
+        amp = report.bench.workloads[0].rungs[1]
+        assert amp.peak_share == pytest.approx(73.5 / peak, rel=1e-3), name
+
+
+def test_fp16_rung_is_measured_against_the_fp16_peak() -> None:
+    doc = bench_doc(400.0, device="Tesla T4")
+    doc["workloads"][0]["rungs"][1]["settings"].update(amp_bf16=False, amp_fp16=True)
+    report = run_fake(verify_client(outputs(bench=doc)))
+    amp = report.bench.workloads[0].rungs[1]
+    assert amp.peak_share == pytest.approx((400 * 24.5e9 / 1e12) / 65, rel=1e-3)
+
+
+def test_native_ddp_rank_failure_ends_fast_with_the_cause(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 1 raises in its rung: it reports why and exits; torchrun stops rank 0, which would
+    otherwise wait in a collective. No stage timeout, and the cause reaches the verdict."""
+    monkeypatch.setenv("ENVKIT_BENCH_FAIL_RANK", "1")
+    args = ["--cpu", "--workload", "resnet50", "--steps", "1", "--warmup", "0", "--batch-size", "2"]
+    args += ["--image-size", "32", "--dist-timeout", "120"]
+    result = runner.NativeExecutor().run("bench.py", args, timeout_s=240, nproc=2)
+    assert not result.timed_out and result.exit_code != 0
+    problems = runner.diagnose_ddp(result, None, ("resnet50",))
+    assert any("rank 1 failed in resnet50" in p and "injected failure on rank 1" in p for p in problems), (
+        problems
+    )

@@ -14,7 +14,7 @@ from pathlib import Path
 PROBE_DIR = Path(__file__).resolve().parent
 
 # The files a container needs; the host copies exactly these when an image lacks them.
-SCRIPT_FILES: tuple[str, ...] = ("archs.py", "probe.py", "models.py", "bench.py")
+SCRIPT_FILES: tuple[str, ...] = ("archs.py", "probe.py", "models.py", "bench.py", "batch_tiers.json")
 
 # bench.py keeps its own copy (it runs without this package); a unit test keeps them equal.
 WORKLOADS: tuple[str, ...] = ("resnet50", "yolo")

@@ -5,29 +5,47 @@
     python -m torch.distributed.run --standalone --nproc_per_node=N bench.py ...   (DDP)
 
 Rungs, each adding to the one before: fp32 with TF32 off -> TF32 -> AMP bf16 -> channels_last ->
-torch.compile (only with --compile). Per rung: images/s from the median step time, p10/p90 step
-times, peak memory, achieved TFLOP/s and the speedup over the first rung. Warm-up steps are
-excluded, each step is timed between synchronisation points, seeds are fixed.
+torch.compile (only with --compile). GPUs before sm_80 (T4, V100) have no native bf16: they run
+AMP fp16 with a GradScaler instead (the amp_fp16 rung, and fp16 in the rungs after it). Per rung:
+images/s from the median step time, p10/p90 step times, peak memory, achieved TFLOP/s, the batch
+actually used and the speedup over the first rung. Warm-up steps are excluded, each step is timed
+between synchronisation points, seeds are fixed.
+
+Batches come from ``batch_tiers.json`` (by the device's memory); a rung that runs out of memory
+halves its batch and retries. A failed rung keeps its full exception (truncated) and the tail of
+what was written to stderr while it ran.
 
 Standard library and torch only (torchvision and ultralytics when present). Progress goes to stderr;
 lines starting with ``ENVKIT_EVENT`` there carry a JSON record per finished rung so that a run
 killed at its timeout still leaves a partial result.
 
-Test hook: ENVKIT_BENCH_HANG=1 (or ``start``) hangs before the first workload,
-ENVKIT_BENCH_HANG=after-rung hangs after the first finished rung.
+Under torchrun, a rank whose rung raises cannot leave the others waiting in a collective: it
+reports the cause (an ``ENVKIT_EVENT`` line with ``"event": "rank_error"``, from any rank) and
+exits, and torchrun stops the other ranks. Ranks that finish a rung agree on its outcome.
+
+Test hooks: ENVKIT_BENCH_HANG=1 (or ``start``) hangs before the first workload,
+ENVKIT_BENCH_HANG=after-rung hangs after the first finished rung; ENVKIT_BENCH_FAIL_RANK=N makes
+rank N's DDP rung raise.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
+import sysconfig
+import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +60,12 @@ SCHEMA = "envkit.bench/1"
 EVENT_PREFIX = "ENVKIT_EVENT "
 WORKLOADS = ("resnet50", "yolo")
 HANG_ENV = "ENVKIT_BENCH_HANG"
+FAIL_RANK_ENV = "ENVKIT_BENCH_FAIL_RANK"
+BATCH_TIERS_FILE = Path(__file__).resolve().with_name("batch_tiers.json")
+DETAIL_CHARS = 4000  # a failed rung's exception text, head and tail kept
+STDERR_TAIL_CHARS = 2000
+RANK_FAILED_EXIT = 3
+DEFAULT_DIST_TIMEOUT_S = 900
 
 
 @dataclass(frozen=True)
@@ -51,12 +75,14 @@ class Rung:
     amp_bf16: bool
     channels_last: bool
     compile: bool
+    amp_fp16: bool = False
 
 
 LADDER: tuple[Rung, ...] = (
     Rung("fp32", tf32=False, amp_bf16=False, channels_last=False, compile=False),
     Rung("tf32", tf32=True, amp_bf16=False, channels_last=False, compile=False),
     Rung("amp_bf16", tf32=True, amp_bf16=True, channels_last=False, compile=False),
+    Rung("amp_fp16", tf32=True, amp_bf16=False, channels_last=False, compile=False, amp_fp16=True),
     Rung("channels_last", tf32=True, amp_bf16=True, channels_last=True, compile=False),
     Rung("compile", tf32=True, amp_bf16=True, channels_last=True, compile=True),
 )
@@ -71,8 +97,8 @@ def log(message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def emit(event: dict[str, Any]) -> None:
-    if _rank() == 0:
+def emit(event: dict[str, Any], *, all_ranks: bool = False) -> None:
+    if all_ranks or _rank() == 0:
         print(EVENT_PREFIX + json.dumps(event, sort_keys=True), file=sys.stderr, flush=True)
 
 
@@ -104,29 +130,210 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
+FLOPS_CPU_IMAGE_SIZE = 128  # a multiple of 32, so every stride-32 feature map divides evenly
+
+
 def count_forward_flops(build: Callable[[], torch.nn.Module], image_size: int) -> int:
-    """FLOPs of one forward pass for one image, counted on the meta device (no memory, no compute).
-    FlopCounterMode counts matmuls and convolutions, 2 FLOPs per multiply-add."""
+    """FLOPs of one forward pass for one image. FlopCounterMode counts matmuls and convolutions,
+    2 FLOPs per multiply-add.
+
+    Counted on the meta device (no memory, no compute) when the model can be built there. Models
+    whose constructor computes with real values (ultralytics runs a forward pass to find its
+    strides) cannot: those are counted on a small real CPU copy at FLOPS_CPU_IMAGE_SIZE and scaled
+    by the area ratio, which is exact for convolutional networks (their FLOPs grow with H x W)."""
+    try:
+        return _count_flops_on("meta", build, image_size)
+    except Exception as exc:  # noqa: BLE001 - fall back to a real, small copy
+        small = min(image_size, FLOPS_CPU_IMAGE_SIZE)
+        log(f"FLOPs: the meta device cannot build this model ({type(exc).__name__}); counting at {small}px")
+        with torch.no_grad():
+            flops = _count_flops_on("cpu", build, small)
+        return round(flops * (image_size / small) ** 2)
+
+
+def _count_flops_on(device: str, build: Callable[[], torch.nn.Module], image_size: int) -> int:
     from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
 
-    with torch.device("meta"):
+    with torch.device(device):
         model = build()
-        x = torch.empty(1, 3, image_size, image_size)
+        # Two images: BatchNorm in training mode refuses a single value per channel.
+        x = torch.zeros(2, 3, image_size, image_size)
     model.train()
     with FlopCounterMode(display=False) as counter:
         model(x)
-    return int(counter.get_total_flops())
+    return int(counter.get_total_flops()) // 2
+
+
+def load_batch_tiers(path: Path = BATCH_TIERS_FILE) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def sizes_for_memory(
+    workload: str, total_memory_bytes: int, tiers: dict[str, Any] | None = None
+) -> tuple[int, int]:
+    """(batch, image size) of the first tier whose ``min_gib`` the device's memory reaches."""
+    table = tiers or load_batch_tiers()
+    gib = total_memory_bytes / 2**30
+    for tier in sorted(table["tiers"], key=lambda t: t["min_gib"], reverse=True):
+        if gib >= tier["min_gib"]:
+            return int(tier[workload]), int(table["gpu_image_size"][workload])
+    raise ValueError(f"no batch tier for {gib:.1f} GiB")  # the table ends with min_gib 0
 
 
 def default_sizes(workload: str, device: torch.device, cpu_mode: bool) -> tuple[int, int]:
     """(batch, image size). GPU batches scale with memory so the fp32 rung still fits."""
     if cpu_mode or device.type == "cpu":
-        return (4, 64) if workload == "resnet50" else (2, 128)
-    total = torch.cuda.get_device_properties(device).total_memory
-    gib = total / 2**30
-    if workload == "resnet50":
-        return (256 if gib >= 40 else 128 if gib >= 20 else 64), 224
-    return (32 if gib >= 40 else 16 if gib >= 20 else 8), 640
+        cpu = load_batch_tiers()["cpu"][workload]
+        return int(cpu["batch"]), int(cpu["image_size"])
+    return sizes_for_memory(workload, torch.cuda.get_device_properties(device).total_memory)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def summarize_exception(exc: BaseException) -> str:
+    """One line for the table. The first line of the message, joined with the next when it only
+    introduces it (torch.compile's ``backend='inductor' raised:``)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if text.endswith(":") and len(lines) > 1:
+        text = f"{text} {lines[1]}"
+    return f"{type(exc).__name__}: {text}"
+
+
+def truncate(text: str, limit: int) -> str:
+    """Head and tail of ``text``: the exception type is at the start, the cause often at the end."""
+    if len(text) <= limit:
+        return text
+    head = limit // 4
+    tail = limit - head
+    return f"{text[:head]}\n[... {len(text) - limit} characters cut ...]\n{text[-tail:]}"
+
+
+def exception_detail(exc: BaseException) -> str:
+    return truncate("".join(traceback.format_exception(exc)).strip(), DETAIL_CHARS)
+
+
+class StderrTail:
+    """Tees file descriptor 2 while a rung runs: everything still reaches stderr as it is written,
+    and the last bytes are kept, including what compilers and other child processes print (Triton
+    runs gcc with its output on our stderr)."""
+
+    def __init__(self, limit: int = STDERR_TAIL_CHARS) -> None:
+        self.limit = limit
+        self._buffer = bytearray()
+        self._lock = threading.Lock()
+        self._restore: int | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> StderrTail:
+        try:
+            sys.stderr.flush()
+            restore = os.dup(2)
+            forward = os.dup(2)
+            read_fd, write_fd = os.pipe()
+            os.dup2(write_fd, 2)
+            os.close(write_fd)
+        except (OSError, ValueError):  # no usable fd 2: run without a tail
+            return self
+        self._restore = restore
+        self._thread = threading.Thread(target=self._pump, args=(read_fd, forward), daemon=True)
+        self._thread.start()
+        return self
+
+    def _pump(self, read_fd: int, forward: int) -> None:
+        try:
+            while chunk := os.read(read_fd, 65536):
+                with self._lock:
+                    self._buffer += chunk
+                    del self._buffer[: max(0, len(self._buffer) - 4 * self.limit)]
+                view = memoryview(chunk)
+                while view:
+                    try:
+                        view = view[os.write(forward, view) :]
+                    except OSError:
+                        break
+        finally:
+            os.close(read_fd)
+            os.close(forward)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._restore is None:
+            return
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(self._restore, 2)
+        os.close(self._restore)
+        self._restore = None
+        # A child that inherited the pipe (a compile worker pool) may keep it open: do not wait on it.
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+
+    def tail(self) -> str:
+        with self._lock:
+            data = bytes(self._buffer)
+        return data.decode(errors="replace")[-self.limit :]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    oom_type = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(exc, oom_type) or "out of memory" in str(exc).lower()
+
+
+def free_memory(device: torch.device) -> None:
+    """Called once the exception is gone: its traceback pins the failed rung's tensors until then."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------- toolchain
+
+
+def missing_compile_toolchain(device: torch.device) -> str | None:
+    """Why torch.compile cannot work here, or None. Inductor builds C++ kernels for the CPU with
+    $CXX or g++; Triton builds a small C launcher for the GPU with $CC, cc, gcc or clang; both
+    include Python.h. Without them the compile rung would only fail on its first step."""
+    missing: list[str] = []
+    if device.type == "cuda":
+        candidates = [os.environ.get("CC") or "", "cc", "gcc", "clang"]
+        what = "a C compiler (cc, gcc or clang, or $CC)"
+    else:
+        candidates = [os.environ.get("CXX") or "g++"]
+        what = "a C++ compiler (g++, or $CXX)"
+    if not any(c and shutil.which(c) for c in candidates):
+        missing.append(f"no {what} on PATH")
+    include = sysconfig.get_paths().get("include") or ""
+    if not (include and Path(include, "Python.h").is_file()):
+        missing.append(f"no Python headers (Python.h in {include or 'the include path'})")
+    if not missing:
+        return None
+    return (
+        "torch.compile needs a compiler and the Python headers (Inductor and Triton build C modules "
+        "on first use): " + "; ".join(missing)
+    )
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def native_bf16(device: torch.device) -> bool:
+    """bf16 that runs on tensor cores: sm_80 or newer, asked of this device, not of device 0.
+    torch.cuda.is_bf16_supported() also says yes for older GPUs, where bf16 is emulated (slow)."""
+    if device.type != "cuda":
+        return True
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
+def autocast_dtype(rung: Rung, device: torch.device) -> torch.dtype | None:
+    if rung.amp_fp16:
+        return torch.float16
+    if rung.amp_bf16:
+        return torch.bfloat16 if native_bf16(device) else torch.float16
+    return None
 
 
 # --------------------------------------------------------------------------- workloads
@@ -239,6 +446,8 @@ def run_rung(
     seed: int,
     ddp: bool = False,
 ) -> dict[str, Any]:
+    if ddp and os.environ.get(FAIL_RANK_ENV) == str(_rank()):
+        raise RuntimeError(f"injected failure on rank {_rank()} ({FAIL_RANK_ENV})")
     torch.manual_seed(seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = rung.tf32
@@ -260,14 +469,22 @@ def run_rung(
     images = data[0].contiguous(memory_format=memory_format)
     data = (images, *data[1:])
     forward = torch.compile(model) if rung.compile else model
+    amp_dtype = autocast_dtype(rung, device)
+    # fp16 overflows where bf16 does not: scale the loss, as every fp16 training loop does.
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
 
     def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=rung.amp_bf16):
+        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             output = forward(images)
         loss = work.loss(output, data)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         return loss
 
     compile_s = None
@@ -303,10 +520,12 @@ def run_rung(
         "reason": None,
         "settings": {
             "tf32": rung.tf32 and device.type == "cuda",
-            "amp_bf16": rung.amp_bf16,
+            "amp_bf16": amp_dtype == torch.bfloat16,
+            "amp_fp16": amp_dtype == torch.float16,
             "channels_last": rung.channels_last,
             "compile": rung.compile,
         },
+        "batch_size": batch,
         "images_per_s": batch * _world_if(ddp) / median,
         "step_ms_median": median * 1000,
         "step_ms_p10": percentile(times, 10) * 1000,
@@ -329,14 +548,27 @@ def _world_if(ddp: bool) -> int:
 def skip_reason(rung: Rung, device: torch.device, compile_requested: bool) -> str | None:
     if rung.compile and not compile_requested:
         return "not requested (--compile)"
+    if rung.compile:
+        missing = missing_compile_toolchain(device)
+        if missing:
+            return missing
     if rung.name == "tf32":
         if device.type != "cuda":
             return "TF32 is an NVIDIA tensor-core mode; it does not exist on the CPU"
         major, _ = torch.cuda.get_device_capability(device)
         if major < 8:
             return "TF32 needs compute capability 8.0 or newer"
-    if rung.amp_bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return "bf16 is not supported on this GPU"
+    if rung.name == "amp_bf16" and not native_bf16(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        return (
+            f"bf16 needs compute capability 8.0 or newer (this GPU is sm_{major}{minor}, where bf16 is "
+            "emulated); the amp_fp16 rung runs instead"
+        )
+    if rung.amp_fp16:
+        if device.type != "cuda":
+            return "fp16 with a GradScaler is the fallback for GPUs before sm_80; the CPU runs bf16"
+        if native_bf16(device):
+            return "this GPU runs bf16 (sm_80 or newer); fp16 is the fallback for older GPUs"
     return None
 
 
@@ -354,6 +586,9 @@ def run_ladder(
     flops_per_image: int | None,
     ddp: bool = False,
 ) -> list[dict[str, Any]]:
+    """Each rung in turn. A rung that runs out of memory halves its batch and retries (not under
+    DDP, where the ranks would have to agree first: there the batch is the one the single-process
+    run settled on); later rungs start from the batch that worked."""
     results: list[dict[str, Any]] = []
     baseline: float | None = None
     for rung in rungs:
@@ -361,24 +596,19 @@ def run_ladder(
         if reason:
             result: dict[str, Any] = {"name": rung.name, "status": "skipped", "reason": reason}
         else:
-            log(f"{work.name}: rung {rung.name} (batch {batch}, {size}x{size}, {steps} steps)")
-            try:
-                result = run_rung(
-                    work,
-                    rung,
-                    device=device,
-                    batch=batch,
-                    size=size,
-                    steps=steps,
-                    warmup=warmup,
-                    seed=seed,
-                    ddp=ddp,
-                )
-            except Exception as exc:  # noqa: BLE001 - one failing rung must not lose the others
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                result = {"name": rung.name, "status": "error", "reason": f"{type(exc).__name__}: {message}"}
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+            result, batch = _run_with_retries(
+                work,
+                rung,
+                device=device,
+                batch=batch,
+                size=size,
+                steps=steps,
+                warmup=warmup,
+                seed=seed,
+                ddp=ddp,
+            )
+        if ddp:
+            result = _agree(work, result, device)
         if result["status"] == "ok":
             rate = result["images_per_s"]
             result["tflops"] = flops_per_image * rate / 1e12 if flops_per_image else None
@@ -393,6 +623,114 @@ def run_ladder(
         if result["status"] == "ok":
             maybe_hang("after-rung")
     return results
+
+
+def _run_with_retries(
+    work: Workload,
+    rung: Rung,
+    *,
+    device: torch.device,
+    batch: int,
+    size: int,
+    steps: int,
+    warmup: int,
+    seed: int,
+    ddp: bool,
+) -> tuple[dict[str, Any], int]:
+    """One rung, halving the batch on out-of-memory. Returns the result and the batch that worked."""
+    retries = 0
+    while True:
+        log(f"{work.name}: rung {rung.name} (batch {batch}, {size}x{size}, {steps} steps)")
+        out_of_memory = False
+        with StderrTail() as captured:
+            try:
+                result = run_rung(
+                    work,
+                    rung,
+                    device=device,
+                    batch=batch,
+                    size=size,
+                    steps=steps,
+                    warmup=warmup,
+                    seed=seed,
+                    ddp=ddp,
+                )
+            except Exception as exc:  # noqa: BLE001 - one failing rung must not lose the others
+                out_of_memory = is_out_of_memory(exc) and batch > 1 and not ddp
+                result = {
+                    "name": rung.name,
+                    "status": "error",
+                    "reason": summarize_exception(exc),
+                    "detail": exception_detail(exc),
+                    "batch_size": batch,
+                }
+        if result["status"] == "error":
+            result["stderr_tail"] = captured.tail() or None
+            if ddp and "detail" in result:  # raised, rather than finished with a bad loss
+                _rank_failed(work, result)
+        # Outside the except block: the exception and its frames are gone, so the memory they held
+        # can actually be released.
+        if result["status"] == "error" or out_of_memory:
+            free_memory(device)
+        if not out_of_memory:
+            break
+        log(f"{work.name}: rung {rung.name}: out of memory at batch {batch}; retrying at {batch // 2}")
+        batch //= 2
+        retries += 1
+    result["oom_retries"] = retries
+    return result, batch
+
+
+def _rank_failed(work: Workload, result: dict[str, Any]) -> None:
+    """Under DDP a rank that raised cannot take part in the next collective, and the other ranks
+    would wait for it until a timeout: report the cause and exit; torchrun stops the others."""
+    event = {"event": "rank_error", "rank": _rank(), "workload": work.name, "rung": result["name"]}
+    event.update({key: result.get(key) for key in ("reason", "detail", "stderr_tail")})
+    print(
+        f"[bench] rank {_rank()}: {work.name} {result['name']} failed: {result['reason']}",
+        file=sys.stderr,
+        flush=True,
+    )
+    emit(event, all_ranks=True)
+    sys.stdout.flush()
+    os._exit(RANK_FAILED_EXIT)
+
+
+AGREE_REASON_BYTES = 512
+
+
+def _agree(work: Workload, result: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Every rank finished the rung; it counts as ok only if it is ok on every rank. Plain tensor
+    collectives (the object ones need numpy, which an image may lack)."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    mine = torch.zeros(AGREE_REASON_BYTES + 1, dtype=torch.uint8, device=device)
+    if result["status"] == "error":
+        encoded = (result.get("reason") or "failed").encode()[:AGREE_REASON_BYTES]
+        mine[0] = 1
+        mine[1 : 1 + len(encoded)] = torch.tensor(list(encoded), dtype=torch.uint8, device=device)
+    gathered = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    failed = []
+    for rank, row in enumerate(gathered):
+        if int(row[0]):
+            text = bytes(row[1:].cpu().tolist()).rstrip(b"\0").decode(errors="replace")
+            failed.append(f"rank {rank}: {text}")
+    if not failed or result["status"] == "skipped":
+        return result
+    reasons = "; ".join(failed)
+    log(f"{work.name}: rung {result['name']} failed on {len(failed)} rank(s): {reasons}")
+    return {**result, "status": "error", "reason": reasons, "images_per_s": None}
+
+
+def _share_baseline(single: dict[str, Any] | None, batch: int, device: torch.device) -> tuple[bool, int]:
+    """Rank 0's single-process outcome and the batch that fitted, sent to every rank."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    ok = single is not None and single.get("status") == "ok"
+    shared = torch.tensor([1 if ok else 0, batch], dtype=torch.int64, device=device)
+    dist.broadcast(shared, src=0)
+    return bool(shared[0]), int(shared[1])
 
 
 # --------------------------------------------------------------------------- distributed
@@ -437,6 +775,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per rung")
     parser.add_argument("--rungs", default=None, help="comma-separated subset of " + ",".join(RUNG_NAMES))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_DIST_TIMEOUT_S,
+        help="seconds a rank waits in a collective before it fails (DDP only)",
+    )
     parser.add_argument("--indent", type=int, default=None)
     args = parser.parse_args(argv)
     args.workloads = [w.strip() for w in args.workload.split(",") if w.strip()]
@@ -468,6 +812,8 @@ def _describe_device(device: torch.device) -> dict[str, Any]:
             "capability": f"sm_{props.major}{props.minor}",
             "total_memory_bytes": int(props.total_memory),
             "count": torch.cuda.device_count(),
+            # A MIG slice reports its own share of the SMs; the host scales the reference by it.
+            "multi_processor_count": int(props.multi_processor_count),
         }
     return {
         "type": "cpu",
@@ -475,7 +821,23 @@ def _describe_device(device: torch.device) -> dict[str, Any]:
         "capability": None,
         "total_memory_bytes": None,
         "count": os.cpu_count(),
+        "multi_processor_count": None,
     }
+
+
+def init_distributed(device: torch.device, timeout_s: float) -> None:
+    """The process group with a timeout (a rank stuck in a collective fails with a cause instead of
+    waiting for the stage's timeout) and, on GPUs, this rank's device, so NCCL binds the right GPU
+    and does not guess from the rank."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    kwargs: dict[str, Any] = {
+        "backend": "nccl" if device.type == "cuda" else "gloo",
+        "timeout": timedelta(seconds=timeout_s),
+    }
+    if device.type == "cuda":
+        kwargs["device_id"] = device
+    dist.init_process_group(**kwargs)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -483,9 +845,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     distributed = world > 1
     device = _device(args.cpu)
     if distributed:
-        import torch.distributed as dist  # noqa: PLC0415
-
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        init_distributed(device, args.dist_timeout)
         if device.type == "cpu":
             # Processes share the cores: give each its share so they do not oversubscribe.
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
@@ -555,6 +915,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
         except Exception as exc:  # noqa: BLE001 - report it; other workloads still run
             entry["error"] = f"{type(exc).__name__}: {exc}"
+            if _rank() != 0:  # only rank 0 prints the report: say it here
+                print(f"[bench] rank {_rank()}: {name}: {entry['error']}", file=sys.stderr, flush=True)
             report["errors"].append(f"{name}: {entry['error']}")
     if distributed:
         import torch.distributed as dist  # noqa: PLC0415
@@ -596,10 +958,23 @@ def _distributed_workload(
     single: dict[str, Any] | None = None
     if dist.get_rank() == 0:
         log(f"{work.name}: single-process baseline, rung {rung.name}")
-        single = run_rung(
-            work, rung, device=device, batch=batch, size=size, steps=steps, warmup=warmup, seed=args.seed
+        single, batch = _run_with_retries(
+            work,
+            rung,
+            device=device,
+            batch=batch,
+            size=size,
+            steps=steps,
+            warmup=warmup,
+            seed=args.seed,
+            ddp=False,
         )
-    dist.barrier()
+    # Every rank learns how the baseline went and which batch fits, so all take the same path.
+    ok, batch = _share_baseline(single, batch, device)
+    if not ok:
+        reason = single.get("reason") if single else "see rank 0"
+        raise RuntimeError(f"the single-process {rung.name} run failed: {reason}")
+    entry["batch_size"] = batch
     log(f"{work.name}: DDP over {dist.get_world_size()} processes, rung {rung.name}")
     entry["rungs"] = run_ladder(
         work,
@@ -614,7 +989,7 @@ def _distributed_workload(
         flops_per_image=entry["flops_per_image"],
         ddp=True,
     )
-    ddp_rate = entry["rungs"][0].get("images_per_s")
+    ddp_rate = entry["rungs"][0].get("images_per_s") if entry["rungs"][0]["status"] == "ok" else None
     single_rate = single["images_per_s"] if single and single["status"] == "ok" else None
     efficiency = ddp_rate / (single_rate * dist.get_world_size()) if ddp_rate and single_rate else None
     return {

@@ -180,6 +180,14 @@ def numerics_check(torch: Any, device: str, precisions: list[str], *, size: int)
     return results
 
 
+def gpu_precisions(capability: str) -> list[str]:
+    """The precisions to check on one device. TF32 and bf16 need the tensor cores of sm_80 (Ampere)
+    or newer; asked per device, since torch.cuda.is_bf16_supported() looks at the current device
+    only and also says yes where bf16 is merely emulated (T4, V100)."""
+    major, _ = archs.parse_capability(capability)
+    return ["fp32", "tf32", "bf16"] if major >= 8 else ["fp32"]
+
+
 def collect(*, cpu_only: bool = False, size: int | None = None) -> dict[str, Any]:
     started = time.monotonic()
     import torch  # noqa: PLC0415 - imported late so a missing torch becomes a report, not a traceback
@@ -191,13 +199,7 @@ def collect(*, cpu_only: bool = False, size: int | None = None) -> dict[str, Any
     numerics += numerics_check(torch, "cpu", ["fp32", "bf16"], size=size or 256)
     if report["cuda_available"] and not cpu_only:
         for dev in report["devices"]:
-            precisions = ["fp32"]
-            major = int(dev["capability"][3:-1])
-            # TF32 and fast bf16 need tensor cores of sm_80 (Ampere) or newer.
-            if major >= 8:
-                precisions.append("tf32")
-            if torch.cuda.is_bf16_supported():
-                precisions.append("bf16")
+            precisions = gpu_precisions(dev["capability"])
             numerics += numerics_check(torch, f"cuda:{dev['index']}", precisions, size=size or 1024)
     report["numerics"] = numerics
     report["numerics_ok"] = all(item["ok"] for item in numerics)
