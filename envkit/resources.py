@@ -35,5 +35,6 @@ def probe_dir() -> Path:
 
 
 def incontainer_dir() -> Path:
-    """Scripts that run inside a container (not the probe): the drift installer."""
+    """Scripts that run inside a container (not the probe): the package collector, the drift
+    installer and the remover."""
     return PACKAGE_DIR / "incontainer"

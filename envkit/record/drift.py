@@ -40,6 +40,7 @@ from envkit.engine.client import tag_image
 from envkit.errors import IntegrityError, NetworkError, ReproMismatch, UsageError
 from envkit.record.manifest import DiffCounts, Drift, LockedWheel, Manifest, seal_manifest
 from envkit.record.snapshot import COLLECT_SCRIPT, collect_packages, snapshot
+from envkit.resources import incontainer_dir
 
 if TYPE_CHECKING:
     from envkit.image.build import BuildEvent
@@ -55,53 +56,9 @@ HTTP_TIMEOUT = 60
 _STAGE = "/stage"
 _CONTEXT_DIR = "/tmp/envkit-drift"
 
-# Runs in the final stage with the image's Python and no site (standard library only): removes the
-# files each named distribution's RECORD lists (and their bytecode), its dist-info, and directories
-# left empty, never anything outside the prefix. A name that is not installed fails the build.
-# Arguments: PREFIX NAME...
-REMOVE_SCRIPT = r"""
-import csv, importlib.util, os, re, shutil, sys
-prefix, wanted = os.path.normpath(sys.argv[1]), set(sys.argv[2:])
-site = "%s/lib/python%d.%d/site-packages" % (prefix, sys.version_info[0], sys.version_info[1])
-found, emptied = set(), set()
-for entry in sorted(os.listdir(site)):
-    dist = os.path.join(site, entry)
-    if not entry.endswith(".dist-info") or not os.path.isfile(os.path.join(dist, "METADATA")):
-        continue
-    name = None
-    with open(os.path.join(dist, "METADATA"), encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if not line.strip():
-                break
-            if line.startswith("Name:"):
-                name = re.sub(r"[-_.]+", "-", line.split(":", 1)[1].strip()).lower()
-                break
-    if name not in wanted:
-        continue
-    found.add(name)
-    with open(os.path.join(dist, "RECORD"), encoding="utf-8", newline="") as fh:
-        rows = [row[0] for row in csv.reader(fh) if row]
-    for rel in rows:
-        path = os.path.normpath(os.path.join(site, rel))
-        if not path.startswith(prefix + os.sep) or path.startswith(dist + os.sep):
-            continue
-        targets = [path]
-        if path.endswith(".py"):
-            targets += [importlib.util.cache_from_source(path, optimization=o) for o in ("", 1, 2)]
-        for target in targets:
-            if os.path.islink(target) or os.path.isfile(target):
-                os.remove(target)
-                emptied.add(os.path.dirname(target))
-    shutil.rmtree(dist)
-    print("removed %s (%s)" % (name, entry))
-for directory in sorted(emptied, key=len, reverse=True):
-    while directory.startswith(site + os.sep) and os.path.isdir(directory) and not os.listdir(directory):
-        os.rmdir(directory)
-        directory = os.path.dirname(directory)
-missing = sorted(wanted - found)
-if missing:
-    sys.exit("not installed, cannot remove: " + ", ".join(missing))
-"""
+# Runs in the final stage with the image's Python and no site (standard library only); the file's
+# docstring says what it removes and what it never touches. Arguments: PREFIX NAME...
+REMOVE_SCRIPT = (incontainer_dir() / "remove_dists.py").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -430,7 +387,6 @@ def render_drift_dockerfile(base_id: str, drift: Drift, *, user: str) -> str:
 
 def drift_context(dockerfile: str, wheels: dict[str, bytes]) -> Any:
     from envkit.image.context import BuildContext
-    from envkit.resources import incontainer_dir
 
     context = BuildContext()
     context.add("Dockerfile", dockerfile.encode())

@@ -30,6 +30,7 @@ from envkit.record.manifest import (
     seal_manifest,
     write_manifest,
 )
+from envkit.resources import incontainer_dir
 from envkit.spec.catalog import SpecRef
 from envkit.spec.model import ImageSpec
 
@@ -54,38 +55,9 @@ __all__ = [
     "write_manifest",
 ]
 
-# Runs inside the image with its own Python (standard library only): installed distributions with
-# a hash of each RECORD (which lists every installed file's hash), and dpkg's package list.
-COLLECT_SCRIPT = r"""
-import glob, hashlib, json, os, re, subprocess
-out = {"python": {}, "apt": {}}
-for site in sorted(glob.glob("/opt/venv/lib/python3*/site-packages")):
-    for dist in sorted(glob.glob(site + "/*.dist-info")):
-        name = version = None
-        with open(os.path.join(dist, "METADATA"), encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if not line.strip():
-                    break
-                if line.startswith("Name:"):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("Version:"):
-                    version = line.split(":", 1)[1].strip()
-        record = os.path.join(dist, "RECORD")
-        digest = None
-        if os.path.exists(record):
-            with open(record, "rb") as fh:
-                digest = "sha256:" + hashlib.sha256(fh.read()).hexdigest()
-        if name:
-            key = re.sub(r"[-_.]+", "-", name).lower()
-            out["python"][key] = {"version": version, "record_sha256": digest}
-try:
-    text = subprocess.run(["dpkg-query", "-W", "-f", "${Package}\t${Version}\n"],
-                          capture_output=True, text=True, check=True).stdout
-    out["apt"] = dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)
-except (OSError, subprocess.CalledProcessError):
-    pass
-print(json.dumps(out, sort_keys=True))
-"""
+# Runs inside the image with its own Python (standard library only); the file's docstring says what
+# it prints.
+COLLECT_SCRIPT = (incontainer_dir() / "collect_packages.py").read_text(encoding="utf-8")
 
 
 def collect_packages(client: docker.DockerClient, image_id: str) -> dict[str, Any]:
