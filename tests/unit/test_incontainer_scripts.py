@@ -93,7 +93,7 @@ def test_remove_takes_the_listed_files_their_bytecode_and_empty_directories(tmp_
     result = _run(REMOVE, str(prefix), "tiny-pkg")
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "removed tiny-pkg (tiny_pkg-1.0.dist-info)\n"
+    assert result.stdout == "removed tiny-pkg (Tiny_Pkg-1.0.dist-info)\n"
     assert sorted(p.name for p in site.iterdir()) == ["keep-1.0.dist-info", "keep.py"]
 
 
