@@ -28,7 +28,7 @@ from envkit.record.diff import (
 )
 from envkit.record.manifest import read_manifest, write_manifest
 from tests.fakes import FakeClient, FakeImage
-from tests.unit.test_snapshot import _manifest
+from tests.unit.test_record_snapshot import _manifest
 
 DPKG_STATUS = b"""Package: libc6
 Status: install ok installed

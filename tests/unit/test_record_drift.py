@@ -35,7 +35,7 @@ from envkit.record.drift import (
 )
 from envkit.record.snapshot import SCHEMA_VERSION, content_digest, read_manifest, write_manifest
 from envkit.resources import incontainer_dir
-from tests.unit.test_snapshot import _manifest
+from tests.unit.test_record_snapshot import _manifest
 
 INSTALLER = incontainer_dir() / "wheelinstall.py"
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"

@@ -24,7 +24,7 @@ from envkit.record.manifest import (
 )
 from envkit.record.snapshot import python_packages_against_lock
 from tests.fakes import FakeClient
-from tests.unit.test_snapshot import make_lock, make_spec
+from tests.unit.test_record_snapshot import make_lock, make_spec
 
 IMAGE_ID = "sha256:" + "c" * 64
 TORCH_WHEELS = ["a" * 64, "b" * 64]
