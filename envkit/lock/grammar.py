@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
@@ -34,16 +35,20 @@ def control_char(text: str, *, allow_newline: bool = False) -> str | None:
     return None
 
 
-def check_debian_name(name: str) -> str:
-    if not DEBIAN_NAME_RE.fullmatch(name):
-        raise ValueError(f"{name!r} is not a Debian package name (Debian Policy 5.6.1)")
-    return name
+def _fullmatch_check(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
+    """A check that returns the text when ``pattern`` matches all of it, and names ``what`` if not."""
+
+    def check(text: str) -> str:
+        if not pattern.fullmatch(text):
+            raise ValueError(f"{text!r} is not {what}")
+        return text
+
+    return check
 
 
-def check_debian_version(version: str) -> str:
-    if not DEBIAN_VERSION_RE.fullmatch(version):
-        raise ValueError(f"{version!r} is not a Debian version (Debian Policy 5.6.12)")
-    return version
+check_debian_name = _fullmatch_check(DEBIAN_NAME_RE, "a Debian package name (Debian Policy 5.6.1)")
+check_debian_version = _fullmatch_check(DEBIAN_VERSION_RE, "a Debian version (Debian Policy 5.6.12)")
+check_sha256_hex = _fullmatch_check(SHA256_HEX_RE, "a sha256 digest (exactly 64 lower-case hex digits)")
 
 
 def check_python_name(name: str) -> str:
@@ -61,9 +66,3 @@ def check_python_version(version: str) -> str:
     if control_char(version) or version != version.strip() or " " in version or str(parsed) == "":
         raise ValueError(f"{version!r} is not a PEP 440 version")
     return version
-
-
-def check_sha256_hex(digest: str) -> str:
-    if not SHA256_HEX_RE.fullmatch(digest):
-        raise ValueError(f"{digest!r} is not a sha256 digest (exactly 64 lower-case hex digits)")
-    return digest

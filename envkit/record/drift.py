@@ -97,21 +97,31 @@ def _versions(packages: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def changed_keys(before: dict[str, str], after: dict[str, str]) -> tuple[list[str], list[str], list[str]]:
+    """The keys only ``after`` has, those whose value changed, and those only ``before`` has, sorted."""
+    return (
+        sorted(set(after) - set(before)),
+        sorted(n for n in set(after) & set(before) if before[n] != after[n]),
+        sorted(set(before) - set(after)),
+    )
+
+
 def compare_packages(image: dict[str, Any], container: dict[str, Any]) -> PackageChanges:
     """Distributions added, changed (by version) and removed in the container, by normalized name."""
     before, after = _versions(image), _versions(container)
+    added, changed, removed = changed_keys(before, after)
     return PackageChanges(
-        added={n: after[n] for n in sorted(set(after) - set(before))},
-        changed={n: (before[n], after[n]) for n in sorted(set(after) & set(before)) if before[n] != after[n]},
-        removed={n: before[n] for n in sorted(set(before) - set(after))},
+        added={n: after[n] for n in added},
+        changed={n: (before[n], after[n]) for n in changed},
+        removed={n: before[n] for n in removed},
     )
 
 
 def apt_changes(image: dict[str, str], container: dict[str, str]) -> list[str]:
-    lines = [f"{n}: added {container[n]}" for n in sorted(set(container) - set(image))]
-    lines += [f"{n}: {image[n]} -> {container[n]}" for n in sorted(set(image) & set(container))
-              if image[n] != container[n]]
-    lines += [f"{n}: removed {image[n]}" for n in sorted(set(image) - set(container))]
+    added, changed, removed = changed_keys(image, container)
+    lines = [f"{n}: added {container[n]}" for n in added]
+    lines += [f"{n}: {image[n]} -> {container[n]}" for n in changed]
+    lines += [f"{n}: removed {image[n]}" for n in removed]
     return lines
 
 
@@ -420,10 +430,10 @@ def check_drift_image(client: docker.DockerClient, manifest: Manifest, image_id:
 
 
 def differences(actual: dict[str, str], expected: dict[str, str]) -> list[str]:
-    lines = [f"{n}: missing (container has {expected[n]})" for n in sorted(set(expected) - set(actual))]
-    lines += [f"{n}: {actual[n]} (container has {expected[n]})" for n in sorted(set(expected) & set(actual))
-              if actual[n] != expected[n]]
-    lines += [f"{n}: {actual[n]} not in the container" for n in sorted(set(actual) - set(expected))]
+    missing, changed, extra = changed_keys(actual, expected)
+    lines = [f"{n}: missing (container has {expected[n]})" for n in missing]
+    lines += [f"{n}: {actual[n]} (container has {expected[n]})" for n in changed]
+    lines += [f"{n}: {actual[n]} not in the container" for n in extra]
     return lines
 
 
