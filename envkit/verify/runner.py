@@ -98,11 +98,18 @@ def _split_events(stderr_lines: Iterable[str]) -> list[dict[str, Any]]:
     return events
 
 
-class NativeExecutor:
-    """Runs the scripts from the installed package with the current interpreter."""
+class ScriptExecutor:
+    """Runs one probe script with its arguments, alone or under torchrun with ``nproc`` processes;
+    each kind of executor says where the scripts are and how a command line is launched."""
 
-    def __init__(self, python: str = sys.executable) -> None:
-        self.python = python
+    def script_path(self, script: str) -> str:
+        raise NotImplementedError
+
+    def launch(
+        self, argv: list[str], *, timeout_s: float, distributed: bool, on_line: EventSink | None
+    ) -> RunResult:
+        """Run ``python ARGV`` (``argv`` holds what follows the interpreter)."""
+        raise NotImplementedError
 
     def run(
         self,
@@ -113,19 +120,25 @@ class NativeExecutor:
         nproc: int = 1,
         on_line: EventSink | None = None,
     ) -> RunResult:
-        path = str(PROBE_DIR / script)
+        argv = [self.script_path(script), *args]
         if nproc > 1:
-            argv = [
-                self.python,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                f"--nproc_per_node={nproc}",
-                path,
-                *args,
-            ]
-        else:
-            argv = [self.python, path, *args]
+            argv = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *argv]
+        return self.launch(argv, timeout_s=timeout_s, distributed=nproc > 1, on_line=on_line)
+
+
+class NativeExecutor(ScriptExecutor):
+    """Runs the scripts from the installed package with the current interpreter."""
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
+
+    def script_path(self, script: str) -> str:
+        return str(PROBE_DIR / script)
+
+    def launch(
+        self, argv: list[str], *, timeout_s: float, distributed: bool, on_line: EventSink | None
+    ) -> RunResult:
+        argv = [self.python, *argv]
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
         # A session of its own so a timeout kills torchrun's workers too, not only the launcher.
         proc = subprocess.Popen(
@@ -207,7 +220,7 @@ def map_start_error(text: str, *, min_driver: str | None = None, cuda: str | Non
     return VerificationFailed("the verification container did not start", details=text)
 
 
-class ContainerExecutor:
+class ContainerExecutor(ScriptExecutor):
     """Runs the scripts in a fresh container of ``image`` and removes it afterwards, always."""
 
     def __init__(
@@ -231,26 +244,18 @@ class ContainerExecutor:
 
         return [DeviceRequest(count=-1 if self.gpus is None else self.gpus, capabilities=[["gpu"]])]
 
-    def run(
-        self,
-        script: str,
-        args: list[str],
-        *,
-        timeout_s: float,
-        nproc: int = 1,
-        on_line: EventSink | None = None,
+    def script_path(self, script: str) -> str:
+        return f"{CONTAINER_PROBE_DIR}/{script}"
+
+    def launch(
+        self, argv: list[str], *, timeout_s: float, distributed: bool, on_line: EventSink | None
     ) -> RunResult:
         import docker.errors  # noqa: PLC0415
         import requests.exceptions  # noqa: PLC0415
 
-        path = f"{CONTAINER_PROBE_DIR}/{script}"
-        if nproc > 1:
-            argv = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", path, *args]
-        else:
-            argv = [path, *args]
         env = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
         env.update({k: v for k, v in os.environ.items() if k.startswith(PASS_THROUGH_ENV_PREFIXES)})
-        if nproc > 1:
+        if distributed:
             # The container has loopback only (network "none"): the processes of one run talk over it.
             env.update({"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"})
         try:

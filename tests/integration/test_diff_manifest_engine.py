@@ -8,7 +8,6 @@ the image, listing its packages, is replaced by the lists the image's files hold
 from __future__ import annotations
 
 import io
-import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from envkit.record.diff import diff_images
 from envkit.record.manifest import write_manifest
 from envkit.spec.model import load_spec
 from tests.conftest import run_envkit
+from tests.tarfiles import tar_of
 
 pytestmark = pytest.mark.docker
 
@@ -38,21 +38,6 @@ source_date_epoch: 1761955200
 """
 
 
-def _tar(files: dict[str, bytes | None]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.mtime = 1_500_000_000
-            if data is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tf.addfile(info)
-            else:
-                info.size, info.mode = len(data), 0o644
-                tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 class TinyImages:
     def __init__(self, client: docker.DockerClient, spec_path: Path) -> None:
         self.client, self.run, self.spec_path = client, uuid.uuid4().hex[:10], spec_path
@@ -66,7 +51,7 @@ class TinyImages:
             files["/".join(parts[:i])] = None
         files[f"{SITE}/tiny-1.0.dist-info"] = None
         files[f"{SITE}/tiny-1.0.dist-info/METADATA"] = b"Name: tiny\nVersion: 1.0\n"
-        client.api.import_image_from_data(_tar(files), repository=self.base.split(":")[0], tag=self.run)
+        client.api.import_image_from_data(tar_of(files, mtime=1_500_000_000), repository=self.base.split(":")[0], tag=self.run)
         self.refs.append(self.base)
 
     def build(self, name: str, extra_label: str) -> str:
@@ -78,7 +63,7 @@ class TinyImages:
             f'"io.envkit.python"="3.11" "io.envkit.extra"="{extra_label}"\n'
             "ENV A=1\n"
         )
-        stream = self.client.api.build(fileobj=io.BytesIO(_tar({"Dockerfile": dockerfile.encode()})),
+        stream = self.client.api.build(fileobj=io.BytesIO(tar_of({"Dockerfile": dockerfile.encode()}, mtime=1_500_000_000)),
                                        custom_context=True, tag=ref, rm=True, forcerm=True, decode=True)
         for line in stream:
             if "error" in line:

@@ -24,25 +24,11 @@ import pytest
 from click.testing import CliRunner
 
 from envkit.errors import EnvkitError, Interrupted, ReproMismatch, UsageError
+from tests.tarfiles import tar_of
 
 pytestmark = pytest.mark.docker
 
 EPOCH = 1_600_000_000
-
-
-def _tar(files: dict[str, bytes | None], mtime: int) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.mtime = mtime
-            if data is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tf.addfile(info)
-            else:
-                info.size, info.mode = len(data), 0o644
-                tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 class Images:
@@ -55,8 +41,8 @@ class Images:
         self.ids: set[str] = set()
         self.base = f"envkit-test-seal-base:{self.run}"
         self.client.api.import_image_from_data(
-            _tar({"bin": None, "etc": None, "tmp": None, "var": None, "opt": None,
-                  "etc/os-release": b"ID=envkit-test\n"}, 1_500_000_000),
+            tar_of({"bin": None, "etc": None, "tmp": None, "var": None, "opt": None,
+                  "etc/os-release": b"ID=envkit-test\n"}, mtime=1_500_000_000),
             repository=self.base.split(":")[0], tag=self.run,
         )
         self.tags.append(self.base)
@@ -101,7 +87,7 @@ USER 1000
                 files.setdefault(str(Path(*parts[:i])), None)
         files = dict(sorted(files.items()))
         stream = self.client.api.build(
-            fileobj=io.BytesIO(_tar(files, build_time)), custom_context=True, tag=ref, nocache=True,
+            fileobj=io.BytesIO(tar_of(files, mtime=build_time)), custom_context=True, tag=ref, nocache=True,
             rm=True, forcerm=True, decode=True,
         )
         for line in stream:

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -63,6 +64,16 @@ def envkit(
     )
 
 
+def verify_json(
+    image: str, tmp_path: Path, *flags: str, timeout: int = 900
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """``envkit verify IMAGE FLAGS --json FILE``: the process and the report it wrote."""
+    report_path = tmp_path / "r.json"
+    proc = envkit("verify", image, *flags, "--json", str(report_path), timeout=timeout)
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    return proc, report
+
+
 def test_gpu_device_request_names_the_missing_runtime(
     docker_client: docker.DockerClient, image: str, engine_without_nvidia: None
 ) -> None:
@@ -77,11 +88,9 @@ def test_gpu_device_request_names_the_missing_runtime(
 
 
 def test_cli_without_cpu_exits_7(image: str, engine_without_nvidia: None, tmp_path: Path) -> None:
-    report_path = tmp_path / "r.json"
-    proc = envkit("verify", image, "--json", str(report_path), timeout=300)
+    proc, report = verify_json(image, tmp_path, timeout=300)
     assert proc.returncode == 7, proc.stderr
     assert "NVIDIA container runtime not found" in proc.stderr
-    report = json.loads(report_path.read_text())
     assert report["verdict"]["exit_code"] == 7 and report["bench"] is None
 
 
@@ -99,10 +108,8 @@ def test_hung_benchmark_is_killed_and_its_container_removed(
 
 
 def test_cpu_verify_passes_with_both_workloads(image: str, tmp_path: Path) -> None:
-    report_path = tmp_path / "r.json"
-    proc = envkit("verify", image, "--cpu", "--json", str(report_path))
+    proc, report = verify_json(image, tmp_path, "--cpu")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(report_path.read_text())
     assert report["verdict"]["status"] == "pass"
     assert report["probe"]["numerics_ok"] is True
     assert report["mode"] == "container"
@@ -115,22 +122,9 @@ def test_cpu_verify_passes_with_both_workloads(image: str, tmp_path: Path) -> No
 
 def test_cpu_ddp_over_gloo_in_the_container(image: str, tmp_path: Path) -> None:
     """--gpus 2 with --cpu: torchrun with two gloo processes inside one container (no network)."""
-    report_path = tmp_path / "r.json"
-    proc = envkit(
-        "verify",
-        image,
-        "--cpu",
-        "--gpus",
-        "2",
-        "--workload",
-        "resnet50",
-        "--steps",
-        "2",
-        "--json",
-        str(report_path),
-    )
+    proc, report = verify_json(image, tmp_path, "--cpu", "--gpus", "2", "--workload", "resnet50", "--steps", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    dist = json.loads(report_path.read_text())["bench_ddp"]["distributed"]
+    dist = report["bench_ddp"]["distributed"]
     assert dist["backend"] == "gloo" and dist["world_size"] == 2
     item = dist["workloads"][0]
     assert item["scaling_efficiency"] > 0 and item["ddp_images_per_s"] > 0
@@ -140,21 +134,8 @@ def test_cpu_ddp_over_gloo_in_the_container(image: str, tmp_path: Path) -> None:
 def test_cpu_verify_with_compile_skips_the_rung_without_a_compiler(image: str, tmp_path: Path) -> None:
     """The image ships no C/C++ compiler or Python headers: torch.compile would fail on its first
     step. The rung is skipped with the reason and the run passes."""
-    report_path = tmp_path / "r.json"
-    proc = envkit(
-        "verify",
-        image,
-        "--cpu",
-        "--compile",
-        "--workload",
-        "resnet50",
-        "--steps",
-        "2",
-        "--json",
-        str(report_path),
-    )
+    proc, report = verify_json(image, tmp_path, "--cpu", "--compile", "--workload", "resnet50", "--steps", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(report_path.read_text())
     assert report["verdict"]["status"] == "pass"
     (work,) = report["bench"]["workloads"]
     rungs = {r["name"]: r for r in work["rungs"]}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import tarfile
 from pathlib import Path
@@ -15,6 +14,7 @@ import zstandard
 from envkit.engine import archive
 from envkit.engine.archive import import_image, parse_size
 from envkit.errors import IntegrityError, UsageError
+from tests.tarfiles import tar_of
 
 
 class _CountingApi:
@@ -35,16 +35,6 @@ class _CountingApi:
 class _Client:
     def __init__(self) -> None:
         self.api = _CountingApi()
-
-
-def _tar(members: list[tuple[str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def _zstd_bomb(path: Path, size: int) -> None:
@@ -75,7 +65,7 @@ def test_import_refuses_a_small_zstd_bomb_before_it_fills_the_disk(tmp_path: Pat
 
 def test_import_refuses_an_archive_above_max_size(tmp_path: Path) -> None:
     path = tmp_path / "a.tar"
-    path.write_bytes(_tar([("manifest.json", b"[]"), ("x/layer.tar", bytes(300_000))]))
+    path.write_bytes(tar_of([("manifest.json", b"[]"), ("x/layer.tar", bytes(300_000))]))
     with pytest.raises(IntegrityError, match="expands beyond 100000 bytes"):
         import_image(_Client(), path, max_size=100_000)
     assert import_image(_Client(), path, max_size=10_000_000).loaded == ("demo:1",)
@@ -93,7 +83,7 @@ def test_import_cli_refuses_a_bomb_with_exit_5(tmp_path: Path, monkeypatch: pyte
 
 @pytest.mark.parametrize("compress", ["plain", "gzip", "zstd"])
 def test_import_refuses_a_truncated_archive_with_exit_5(tmp_path: Path, compress: str) -> None:
-    data = _tar([("manifest.json", b"[]"), ("x/layer.tar", bytes(range(256)) * 4000)])
+    data = tar_of([("manifest.json", b"[]"), ("x/layer.tar", bytes(range(256)) * 4000)])
     content = 512 * 3 + 256 * 4000  # where the end-of-archive marker starts
     cuts = [content // 3, content // 2, content - 100, content]
     if compress == "gzip":
@@ -110,7 +100,7 @@ def test_import_refuses_a_truncated_archive_with_exit_5(tmp_path: Path, compress
 
 
 def test_import_refuses_a_tar_cut_at_a_member_boundary(tmp_path: Path) -> None:
-    data = _tar([("manifest.json", b"[]"), ("x/layer.tar", bytes(1024))])
+    data = tar_of([("manifest.json", b"[]"), ("x/layer.tar", bytes(1024))])
     path = tmp_path / "cut.tar"
     # header + data of manifest.json, header + data of the layer: members intact, end marker gone.
     path.write_bytes(data[: 512 * 3 + 1024])
@@ -120,13 +110,13 @@ def test_import_refuses_a_tar_cut_at_a_member_boundary(tmp_path: Path) -> None:
 
 def test_import_refuses_member_names_that_climb_out(tmp_path: Path) -> None:
     path = tmp_path / "evil.tar"
-    path.write_bytes(_tar([("../../etc/passwd", b"x")]))
+    path.write_bytes(tar_of([("../../etc/passwd", b"x")]))
     with pytest.raises(IntegrityError):
         import_image(_Client(), path)
 
 
 def _oci(index: bytes, extra: list[tuple[str, bytes]] | None = None) -> bytes:
-    return _tar([("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", index), *(extra or [])])
+    return tar_of([("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", index), *(extra or [])])
 
 
 @pytest.mark.parametrize(

@@ -147,18 +147,7 @@ def test_a_failing_rung_is_reported_and_the_ladder_goes_on(monkeypatch: pytest.M
 
     monkeypatch.setattr(bench, "run_rung", flaky)
     work = bench._resnet_workload()
-    results = bench.run_ladder(
-        work,
-        list(bench.LADDER),
-        device=torch.device("cpu"),
-        batch=2,
-        size=32,
-        steps=1,
-        warmup=0,
-        seed=0,
-        compile_requested=False,
-        flops_per_image=None,
-    )
+    results = _ladder(work, [r.name for r in bench.LADDER], batch=2, size=32, warmup=0, compile_requested=False)
     status = {r["name"]: r["status"] for r in results}
     assert status == {
         "fp32": "ok",

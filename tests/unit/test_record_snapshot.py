@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,12 +111,18 @@ def test_truncated_manifest_is_refused_with_exit_5(tmp_path: Path) -> None:
     assert info.value.exit_code == 5
 
 
-def test_newer_schema_is_refused_with_exit_2(tmp_path: Path) -> None:
+def _write_edited(tmp_path: Path, edit: Callable[[dict[str, Any]], object]) -> Path:
+    """A manifest edited after it was sealed, its digest made to match again."""
     data = _manifest().model_dump(mode="json")
-    data["schema_version"] = SCHEMA_VERSION + 1
+    edit(data)
     data["digest"] = content_digest(data)
     path = tmp_path / "m.json"
     path.write_text(json.dumps(data))
+    return path
+
+
+def test_newer_schema_is_refused_with_exit_2(tmp_path: Path) -> None:
+    path = _write_edited(tmp_path, lambda data: data.update(schema_version=SCHEMA_VERSION + 1))
     with pytest.raises(UsageError, match="schema_version") as info:
         read_manifest(path)
     assert info.value.exit_code == 2
@@ -187,11 +195,7 @@ def test_restore_refuses_a_lock_made_for_another_spec() -> None:
 
 def test_a_spec_tag_cannot_name_a_path(tmp_path: Path) -> None:
     """The spec is parsed with the spec model, so a tag like ../../x never reaches a file name."""
-    data = _manifest().model_dump(mode="json")
-    data["spec"]["tag"] = "../../outside"
-    data["digest"] = content_digest(data)
-    path = tmp_path / "m.json"
-    path.write_text(json.dumps(data))
+    path = _write_edited(tmp_path, lambda data: data["spec"].update(tag="../../outside"))
     with pytest.raises(IntegrityError, match="spec.tag") as info:
         read_manifest(path)
     assert info.value.exit_code == 5

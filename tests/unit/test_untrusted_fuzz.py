@@ -7,10 +7,8 @@ Set ENVKIT_FUZZ_EXAMPLES to run more inputs per reader; a summary is printed at 
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from envkit.errors import EnvkitError
 from envkit.lock.python import parse_lock, read_lock
 from envkit.resources import images_dir
 from envkit.spec.model import parse_spec, parse_spec_text
+from tests.tarfiles import tar_of
 
 EXAMPLES = int(os.environ.get("ENVKIT_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(
@@ -182,20 +181,10 @@ class _Client:
     api = _Api()
 
 
-def _tar(members: list[tuple[str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 _CONFIG = b'{"rootfs":{"type":"layers","diff_ids":[]}}'
-_DOCKER_ARCHIVE = _tar([("manifest.json", b'[{"Config":"c.json","RepoTags":null,"Layers":["l/layer.tar"]}]'),
-                        ("c.json", _CONFIG), ("l/layer.tar", _tar([("a", b"x" * 600)]))])
-_LAYER = _tar([("a", b"y" * 700)])
+_DOCKER_ARCHIVE = tar_of([("manifest.json", b'[{"Config":"c.json","RepoTags":null,"Layers":["l/layer.tar"]}]'),
+                        ("c.json", _CONFIG), ("l/layer.tar", tar_of([("a", b"x" * 600)]))])
+_LAYER = tar_of([("a", b"y" * 700)])
 
 
 def _oci_layout() -> bytes:
@@ -209,7 +198,7 @@ def _oci_layout() -> bytes:
                            }).encode()
     index = json.dumps({"manifests": [{"digest": digest(manifest),
                                        "annotations": {"io.containerd.image.name": "demo:1"}}]}).encode()
-    return _tar([("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", index),
+    return tar_of([("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", index),
                  ("blobs/sha256/" + digest(manifest)[7:], manifest), ("blobs/sha256/" + digest(_CONFIG)[7:], _CONFIG),
                  ("blobs/sha256/" + digest(_LAYER)[7:], _LAYER)])
 
