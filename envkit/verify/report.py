@@ -469,108 +469,16 @@ def _rung_note(rung: RungResult, requested_batch: int) -> str:
 
 def render(report: VerifyReport) -> Group:
     """Tables for people: preflight, environment, ladder per workload, comparison, verdict."""
-    parts: list[Any] = []
-    target = report.target
-    parts.append(
-        Text(f"envkit verify {target.requested}", style="bold")
-        + Text(f"  ({report.mode}{', image ' + target.image if target.image else ''})", style="dim")
-    )
+    parts: list[Any] = [_title(report)]
     if report.preflight:
-        table = Table("check", "status", "reason", "fix", title="host preflight", title_justify="left")
-        for check in report.preflight:
-            table.add_row(
-                check.name, Text(check.status, style=_STYLE[check.status]), check.reason, check.fix or ""
-            )
-        parts.append(table)
-    probe = report.probe
-    if probe is not None:
-        table = Table("item", "value", title="environment (probe)", title_justify="left")
-        table.add_row(
-            "torch / CUDA / cuDNN / NCCL",
-            f"{probe.torch} / {probe.torch_cuda or 'none'} / {probe.cudnn or '-'} / {probe.nccl or '-'}",
-        )
-        table.add_row("python", probe.python or "-")
-        table.add_row(
-            "cuda available",
-            str(probe.cuda_available) + (f" ({probe.cuda_error})" if probe.cuda_error else ""),
-        )
-        for dev in probe.devices:
-            table.add_row(
-                f"gpu {dev.index}",
-                f"{dev.name}, {dev.capability}, {_bytes(dev.total_memory_bytes)}, kernels: {dev.arch_reason}",
-            )
-        if probe.arch_list:
-            table.add_row("arch list", " ".join(probe.arch_list))
-        for item in probe.numerics:
-            status = Text("ok" if item.ok else "FAIL", style="green" if item.ok else "red bold")
-            detail = (
-                item.error or f"rel. error {_fmt(item.rel_error, '.2e')} (tolerance {item.tolerance:.0e})"
-            )
-            table.add_row(
-                f"numerics {item.op} {item.precision} on {item.device}", status + Text(f"  {detail}")
-            )
-        if probe.fatal:
-            table.add_row("fatal", Text(probe.fatal, style="red"))
-        parts.append(table)
-    bench = report.bench
-    if bench is not None:
-        for work in bench.workloads:
-            gflop = f", {work.flops_per_image / 1e9:.2f} GFLOP/image/step" if work.flops_per_image else ""
-            table = Table(
-                "rung",
-                "images/s",
-                "step ms (p10-p90)",
-                "peak mem",
-                "TFLOP/s",
-                "% of peak",
-                "speedup",
-                "note",
-                title=f"{work.name} [{work.impl}] batch {work.batch_size}, {work.image_size}px, "
-                f"{work.steps} timed steps after {work.warmup_steps} warm-up{gflop}",
-                title_justify="left",
-            )
-            for rung in work.rungs:
-                if rung.status != "ok":
-                    style = _STYLE["SKIP"] if rung.status == "skipped" else _STYLE["FAIL"]
-                    table.add_row(
-                        rung.name, Text(rung.status, style=style), "", "", "", "", "", rung.reason or ""
-                    )
-                    continue
-                table.add_row(
-                    rung.name,
-                    _fmt(rung.images_per_s),
-                    f"{_fmt(rung.step_ms_median)} ({_fmt(rung.step_ms_p10)}-{_fmt(rung.step_ms_p90)})",
-                    _bytes(rung.peak_memory_bytes),
-                    _fmt(rung.tflops, ".2f"),
-                    _fmt(rung.peak_share * 100 if rung.peak_share is not None else None, ".0f", "%"),
-                    _fmt(rung.speedup, ".2f", "x"),
-                    _rung_note(rung, work.batch_size),
-                )
-            if work.error:
-                table.add_row("error", Text(work.error, style="red"))
-            parts.append(table)
+        parts.append(_preflight_table(report.preflight))
+    if report.probe is not None:
+        parts.append(_probe_table(report.probe))
+    if report.bench is not None:
+        parts += [_workload_table(work) for work in report.bench.workloads]
         ddp = report.bench_ddp.distributed if report.bench_ddp else None
         if ddp:
-            dist = ddp
-            table = Table(
-                "workload",
-                "rung",
-                "1 process img/s",
-                f"{dist.world_size} processes img/s",
-                "scaling efficiency",
-                title=f"DDP ({dist.backend}); all-reduce {dist.allreduce.bytes / 2**20:.0f} MiB: "
-                f"bus bandwidth {dist.allreduce.busbw_gb_s:.2f} GB/s",
-                title_justify="left",
-            )
-            for item in dist.workloads:
-                table.add_row(
-                    item.workload,
-                    item.rung,
-                    _fmt(item.single_images_per_s),
-                    _fmt(item.ddp_images_per_s),
-                    _fmt(item.scaling_efficiency * 100 if item.scaling_efficiency else None, ".0f", "%"),
-                )
-            parts.append(table)
+            parts.append(_ddp_table(ddp))
     elif report.bench_partial:
         parts.append(
             Text(
@@ -579,37 +487,143 @@ def render(report: VerifyReport) -> Group:
             )
         )
     if report.comparisons:
-        table = Table(
-            "workload",
-            "GPU model",
-            "measured",
-            "reference",
-            "ratio",
-            "status",
-            "source / conditions",
-            title="comparison with published figures",
-            title_justify="left",
-        )
-        for comp in report.comparisons:
-            ref = f"{comp.reference_images_per_s:.0f}" + (
-                f"-{comp.reference_images_per_s_high:.0f}" if comp.reference_images_per_s_high else ""
-            )
-            table.add_row(
-                comp.workload,
-                comp.gpu_model,
-                f"{_fmt(comp.measured_images_per_s, '.0f')} ({comp.measured_rung or '-'})",
-                ref,
-                _fmt(comp.ratio, ".2f"),
-                Text(comp.status, style=_STYLE[comp.status]),
-                f"{comp.source}; {comp.conditions}" + (f"; {comp.note}" if comp.note else ""),
-            )
-        parts.append(table)
+        parts.append(_comparison_table(report.comparisons))
     if report.verdict:
-        verdict = report.verdict
-        style = "green bold" if verdict.status == "pass" else "red bold"
-        parts.append(Text(f"{verdict.status.upper()}: {verdict.summary}", style=style))
-        for reason in verdict.reasons:
-            parts.append(Text(f"  - {reason}"))
-        if verdict.fix:
-            parts.append(Text(f"  fix: {verdict.fix}", style="cyan"))
+        parts += _verdict_lines(report.verdict)
     return Group(*parts)
+
+
+def _title(report: VerifyReport) -> Text:
+    target = report.target
+    return Text(f"envkit verify {target.requested}", style="bold") + Text(
+        f"  ({report.mode}{', image ' + target.image if target.image else ''})", style="dim"
+    )
+
+
+def _preflight_table(checks: list[Check]) -> Table:
+    table = Table("check", "status", "reason", "fix", title="host preflight", title_justify="left")
+    for check in checks:
+        status = Text(check.status, style=_STYLE[check.status])
+        table.add_row(check.name, status, check.reason, check.fix or "")
+    return table
+
+
+def _probe_table(probe: ProbeResult) -> Table:
+    table = Table("item", "value", title="environment (probe)", title_justify="left")
+    table.add_row(
+        "torch / CUDA / cuDNN / NCCL",
+        f"{probe.torch} / {probe.torch_cuda or 'none'} / {probe.cudnn or '-'} / {probe.nccl or '-'}",
+    )
+    table.add_row("python", probe.python or "-")
+    table.add_row(
+        "cuda available",
+        str(probe.cuda_available) + (f" ({probe.cuda_error})" if probe.cuda_error else ""),
+    )
+    for dev in probe.devices:
+        table.add_row(
+            f"gpu {dev.index}",
+            f"{dev.name}, {dev.capability}, {_bytes(dev.total_memory_bytes)}, kernels: {dev.arch_reason}",
+        )
+    if probe.arch_list:
+        table.add_row("arch list", " ".join(probe.arch_list))
+    for item in probe.numerics:
+        status = Text("ok" if item.ok else "FAIL", style="green" if item.ok else "red bold")
+        detail = item.error or f"rel. error {_fmt(item.rel_error, '.2e')} (tolerance {item.tolerance:.0e})"
+        table.add_row(f"numerics {item.op} {item.precision} on {item.device}", status + Text(f"  {detail}"))
+    if probe.fatal:
+        table.add_row("fatal", Text(probe.fatal, style="red"))
+    return table
+
+
+def _workload_table(work: WorkloadResult) -> Table:
+    gflop = f", {work.flops_per_image / 1e9:.2f} GFLOP/image/step" if work.flops_per_image else ""
+    table = Table(
+        "rung",
+        "images/s",
+        "step ms (p10-p90)",
+        "peak mem",
+        "TFLOP/s",
+        "% of peak",
+        "speedup",
+        "note",
+        title=f"{work.name} [{work.impl}] batch {work.batch_size}, {work.image_size}px, "
+        f"{work.steps} timed steps after {work.warmup_steps} warm-up{gflop}",
+        title_justify="left",
+    )
+    for rung in work.rungs:
+        if rung.status != "ok":
+            style = _STYLE["SKIP"] if rung.status == "skipped" else _STYLE["FAIL"]
+            table.add_row(rung.name, Text(rung.status, style=style), "", "", "", "", "", rung.reason or "")
+            continue
+        table.add_row(
+            rung.name,
+            _fmt(rung.images_per_s),
+            f"{_fmt(rung.step_ms_median)} ({_fmt(rung.step_ms_p10)}-{_fmt(rung.step_ms_p90)})",
+            _bytes(rung.peak_memory_bytes),
+            _fmt(rung.tflops, ".2f"),
+            _fmt(rung.peak_share * 100 if rung.peak_share is not None else None, ".0f", "%"),
+            _fmt(rung.speedup, ".2f", "x"),
+            _rung_note(rung, work.batch_size),
+        )
+    if work.error:
+        table.add_row("error", Text(work.error, style="red"))
+    return table
+
+
+def _ddp_table(dist: DistributedResult) -> Table:
+    table = Table(
+        "workload",
+        "rung",
+        "1 process img/s",
+        f"{dist.world_size} processes img/s",
+        "scaling efficiency",
+        title=f"DDP ({dist.backend}); all-reduce {dist.allreduce.bytes / 2**20:.0f} MiB: "
+        f"bus bandwidth {dist.allreduce.busbw_gb_s:.2f} GB/s",
+        title_justify="left",
+    )
+    for item in dist.workloads:
+        table.add_row(
+            item.workload,
+            item.rung,
+            _fmt(item.single_images_per_s),
+            _fmt(item.ddp_images_per_s),
+            _fmt(item.scaling_efficiency * 100 if item.scaling_efficiency else None, ".0f", "%"),
+        )
+    return table
+
+
+def _comparison_table(comparisons: list[Comparison]) -> Table:
+    table = Table(
+        "workload",
+        "GPU model",
+        "measured",
+        "reference",
+        "ratio",
+        "status",
+        "source / conditions",
+        title="comparison with published figures",
+        title_justify="left",
+    )
+    for comp in comparisons:
+        ref = f"{comp.reference_images_per_s:.0f}" + (
+            f"-{comp.reference_images_per_s_high:.0f}" if comp.reference_images_per_s_high else ""
+        )
+        table.add_row(
+            comp.workload,
+            comp.gpu_model,
+            f"{_fmt(comp.measured_images_per_s, '.0f')} ({comp.measured_rung or '-'})",
+            ref,
+            _fmt(comp.ratio, ".2f"),
+            Text(comp.status, style=_STYLE[comp.status]),
+            f"{comp.source}; {comp.conditions}" + (f"; {comp.note}" if comp.note else ""),
+        )
+    return table
+
+
+def _verdict_lines(verdict: Verdict) -> list[Text]:
+    style = "green bold" if verdict.status == "pass" else "red bold"
+    lines = [Text(f"{verdict.status.upper()}: {verdict.summary}", style=style)]
+    lines += [Text(f"  - {reason}") for reason in verdict.reasons]
+    if verdict.fix:
+        lines.append(Text(f"  fix: {verdict.fix}", style="cyan"))
+    return lines

@@ -17,7 +17,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -59,6 +59,7 @@ DEFAULT_TIMEOUT_S = 1800.0
 LOG_TAIL_CHARS = 4000
 
 EventSink = Callable[[str], None]
+ModelT = TypeVar("ModelT")
 
 
 @dataclass(frozen=True)
@@ -521,6 +522,254 @@ def bench_args(options: VerifyOptions, *, ddp: bool = False) -> list[str]:
     return args
 
 
+@dataclass
+class _Setup:
+    """What a verification needs before it starts: the report so far and how to reach the target."""
+
+    report: VerifyReport
+    requirements: pf.ImageRequirements
+    readers: pf.HostReaders
+    executor: Any
+    image_error: EnvkitError | None = None
+
+
+def _native_setup(
+    options: VerifyOptions, opts: dict[str, Any], client_factory: Callable[[], Any],
+    readers: pf.HostReaders | None, executor: Any | None,
+) -> _Setup:
+    report = VerifyReport(
+        mode="native",
+        options=opts,
+        target=Target(requested=options.target or "current environment", source="native"),
+    )
+    return _Setup(
+        report,
+        pf.ImageRequirements(),
+        readers or pf.docker_readers(client_factory),
+        executor or NativeExecutor(),
+    )
+
+
+def _container_setup(
+    options: VerifyOptions, opts: dict[str, Any], client_factory: Callable[[], Any],
+    readers: pf.HostReaders | None, executor: Any | None,
+) -> _Setup:
+    if not options.target:
+        raise UsageError("NAME|IMAGE is required unless --native is given")
+    client = client_factory()
+    image_ref = resolve_image_ref(options.target)
+    image_error = None
+    labels: dict[str, str] = {}
+    image_id = None
+    import docker.errors  # noqa: PLC0415 - only the container path needs the SDK
+
+    try:
+        image = client.images.get(image_ref)
+        labels = dict(image.labels or {})
+        image_id = image.id
+    except docker.errors.ImageNotFound:
+        # Reported after the preflight: a host that cannot run any GPU image is the bigger news.
+        image_error = UsageError(
+            f"image {image_ref} is not on this engine",
+            hint=f"build it first (`envkit build {options.target}`)",
+        )
+    requirements = requirements_from_labels(labels)
+    report = VerifyReport(
+        mode="container",
+        options=opts,
+        target=Target(
+            requested=options.target,
+            image=image_ref,
+            image_id=image_id,
+            torch=labels.get(LABEL_TORCH),
+            cuda=requirements.cuda,
+            min_driver=requirements.min_driver,
+            arch_list=list(requirements.arch_list),
+            source="labels" if labels else "none",
+        ),
+    )
+    executor = executor or ContainerExecutor(
+        client,
+        image_ref,
+        gpus=options.gpus,
+        cpu=options.cpu,
+        run_id=opts["run_id"],
+        min_driver=requirements.min_driver,
+        cuda=requirements.cuda,
+    )
+    return _Setup(report, requirements, readers or pf.docker_readers(lambda: client), executor, image_error)
+
+
+def _preflight_failed(setup: _Setup, options: VerifyOptions) -> bool:
+    """Run the host checks; a failed one sets the verdict (exit 7) and ends the verification."""
+    report = setup.report
+    report.preflight = pf.run_preflight(
+        setup.requirements, setup.readers, gpus_wanted=options.gpus, cpu=options.cpu, native=options.native
+    )
+    failed = _failed_checks(report.preflight)
+    if not failed:
+        return False
+    report.verdict = Verdict(
+        status="host_not_ready",
+        exit_code=GpuHostNotReady.exit_code,
+        summary=f"{failed[0].name}: {failed[0].reason}",
+        reasons=[f"{c.name}: {c.reason}" for c in failed[1:]],
+        fix=failed[0].fix,
+    )
+    return True
+
+
+def _error_verdict(exc: GpuHostNotReady | VerificationFailed) -> Verdict:
+    return Verdict(
+        status="host_not_ready" if isinstance(exc, GpuHostNotReady) else "failed",
+        exit_code=exc.exit_code,
+        summary=exc.message,
+        reasons=[exc.details] if exc.details else [],
+        fix=exc.hint,
+    )
+
+
+@dataclass
+class _Stages:
+    """Runs the scripts one after another; each failure becomes the report's verdict."""
+
+    report: VerifyReport
+    options: VerifyOptions
+    executor: Any
+    on_line: EventSink | None
+
+    def run(self, script: str, args: list[str], nproc: int = 1) -> RunResult | None:
+        try:
+            return self.executor.run(
+                script, args, timeout_s=self.options.timeout_s, nproc=nproc, on_line=self.on_line
+            )
+        except (GpuHostNotReady, VerificationFailed) as exc:
+            self.report.verdict = _error_verdict(exc)
+        return None
+
+    def parsed(self, what: str, model: type[ModelT], result: RunResult) -> ModelT | None:
+        """The script's report, or None with the verdict set (it timed out or printed none)."""
+        if result.timed_out:
+            self.timed_out(what, result)
+            return None
+        try:
+            return _parse(model, result.stdout)
+        except ValueError as exc:
+            self.no_report(what, result, exc)
+            return None
+
+    def no_report(self, what: str, result: RunResult, exc: ValueError) -> None:
+        self.report.log_tail = _tail(result.stderr)
+        self.report.verdict = Verdict(
+            status="failed",
+            exit_code=VerificationFailed.exit_code,
+            summary=f"the {what} printed no report (exit code {result.exit_code})",
+            reasons=[str(exc)],
+            fix="see log_tail in the JSON report",
+        )
+
+    def timed_out(self, what: str, result: RunResult) -> None:
+        report = self.report
+        report.timed_out = True
+        report.log_tail = _tail(result.stderr)
+        where = "its container removed" if report.mode == "container" else "its processes killed"
+        report.verdict = Verdict(
+            status="failed",
+            exit_code=VerificationFailed.exit_code,
+            summary=f"the {what} did not finish within {self.options.timeout_s:g} s: killed, {where}",
+            fix="raise --timeout, or look at the last output in the report (log_tail)",
+        )
+
+
+def _run_probe(stages: _Stages) -> bool:
+    """The probe; False when the verification ends here (the verdict says why)."""
+    report, options = stages.report, stages.options
+    probe_run = stages.run("probe.py", ["--cpu"] if options.cpu else [])
+    if probe_run is None:
+        return False
+    report.probe = stages.parsed("probe", ProbeResult, probe_run)
+    if report.probe is None:
+        return False
+    verdict = diagnose_probe(report.probe, cpu=options.cpu)
+    if verdict is not None:
+        report.verdict = verdict
+        return False
+    return True
+
+
+def _run_bench(stages: _Stages) -> list[str] | None:
+    """The benchmark ladder in one process: its problems, or None when the verification ends here."""
+    report, options = stages.report, stages.options
+    bench_run = stages.run("bench.py", bench_args(options))
+    if bench_run is None:
+        return None
+    report.bench_partial = bench_run.events
+    bench = stages.parsed("benchmark", BenchResult, bench_run)
+    if bench is None:
+        return None
+    reference = reference_for(bench.device.name) if bench.device.type == "cuda" else None
+    report.bench = with_peak_share(bench, reference)
+    return diagnose_bench(report.bench, options.workloads)
+
+
+def _ddp_processes(options: VerifyOptions, probe: ProbeResult) -> int:
+    nproc = options.gpus if options.gpus and options.gpus > 1 else 0
+    if options.gpus is None and not options.cpu and probe.device_count > 1:
+        nproc = probe.device_count
+    return nproc
+
+
+def _run_ddp(stages: _Stages, nproc: int) -> list[str] | None:
+    """The benchmark under DDP over ``nproc`` processes: its problems, or None when the
+    verification ends here."""
+    report, options = stages.report, stages.options
+    ddp_run = stages.run("bench.py", bench_args(options, ddp=True), nproc=nproc)
+    if ddp_run is None:
+        return None
+    if ddp_run.timed_out:
+        stages.timed_out("multi-process benchmark", ddp_run)
+        # What the ranks said before they hung is the cause: keep it.
+        if report.verdict is not None:
+            report.verdict = report.verdict.model_copy(update={"reasons": rank_errors(ddp_run.events)})
+        return None
+    parse_error = None
+    try:
+        report.bench_ddp = _parse(BenchResult, ddp_run.stdout)
+    except ValueError as exc:
+        report.log_tail = _tail(ddp_run.stderr)
+        parse_error = str(exc)
+    if report.bench_ddp is None or not report.bench_ddp.ok:
+        report.log_tail = _tail(ddp_run.stderr)
+    return diagnose_ddp(ddp_run, report.bench_ddp, options.workloads, parse_error)
+
+
+def _final_verdict(report: VerifyReport, options: VerifyOptions, problems: list[str]) -> Verdict:
+    """Pass, or failed with every problem found and every comparison below the reference."""
+    assert report.bench is not None
+    report.comparisons = compare(report.bench, min_ratio=options.min_ratio)
+    problems = problems + [
+        f"{c.workload}: {c.measured_images_per_s or 0:.0f} images/s is below {c.min_ratio:.0%} of "
+        f"{c.reference_images_per_s:.0f} ({c.gpu_model}, {c.source})"
+        for c in report.comparisons
+        if c.status == "FAIL"
+    ]
+    if problems:
+        return Verdict(
+            status="failed",
+            exit_code=VerificationFailed.exit_code,
+            summary="the benchmark found problems",
+            reasons=problems,
+        )
+    rates = ", ".join(
+        f"{w.name} {max((r.images_per_s or 0) for r in w.rungs):.1f} images/s" for w in report.bench.workloads
+    )
+    return Verdict(
+        status="pass",
+        exit_code=0,
+        summary=f"probe and benchmark passed on {report.bench.device.name}: {rates}",
+    )
+
+
 def verify(
     options: VerifyOptions,
     *,
@@ -529,202 +778,28 @@ def verify(
     executor: Any | None = None,
     on_line: EventSink | None = None,
 ) -> VerifyReport:
-    run_id = uuid.uuid4().hex[:12]
-    opts = asdict(options) | {"run_id": run_id}
-    if options.native:
-        report = VerifyReport(
-            mode="native",
-            options=opts,
-            target=Target(requested=options.target or "current environment", source="native"),
-        )
-        requirements = pf.ImageRequirements()
-        readers = readers or pf.docker_readers(client_factory)
-        executor = executor or NativeExecutor()
-        image_error: EnvkitError | None = None
-    else:
-        if not options.target:
-            raise UsageError("NAME|IMAGE is required unless --native is given")
-        client = client_factory()
-        image_ref = resolve_image_ref(options.target)
-        image_error = None
-        labels: dict[str, str] = {}
-        image_id = None
-        import docker.errors  # noqa: PLC0415 - only the container path needs the SDK
-
-        try:
-            image = client.images.get(image_ref)
-            labels = dict(image.labels or {})
-            image_id = image.id
-        except docker.errors.ImageNotFound:
-            # Reported after the preflight: a host that cannot run any GPU image is the bigger news.
-            image_error = UsageError(
-                f"image {image_ref} is not on this engine",
-                hint=f"build it first (`envkit build {options.target}`)",
-            )
-        requirements = requirements_from_labels(labels)
-        report = VerifyReport(
-            mode="container",
-            options=opts,
-            target=Target(
-                requested=options.target,
-                image=image_ref,
-                image_id=image_id,
-                torch=labels.get(LABEL_TORCH),
-                cuda=requirements.cuda,
-                min_driver=requirements.min_driver,
-                arch_list=list(requirements.arch_list),
-                source="labels" if labels else "none",
-            ),
-        )
-        readers = readers or pf.docker_readers(lambda: client)
-        executor = executor or ContainerExecutor(
-            client,
-            image_ref,
-            gpus=options.gpus,
-            cpu=options.cpu,
-            run_id=run_id,
-            min_driver=requirements.min_driver,
-            cuda=requirements.cuda,
-        )
-
-    report.preflight = pf.run_preflight(
-        requirements, readers, gpus_wanted=options.gpus, cpu=options.cpu, native=options.native
-    )
-    failed = _failed_checks(report.preflight)
-    if failed:
-        report.verdict = Verdict(
-            status="host_not_ready",
-            exit_code=GpuHostNotReady.exit_code,
-            summary=f"{failed[0].name}: {failed[0].reason}",
-            reasons=[f"{c.name}: {c.reason}" for c in failed[1:]],
-            fix=failed[0].fix,
-        )
+    opts = asdict(options) | {"run_id": uuid.uuid4().hex[:12]}
+    setup_for = _native_setup if options.native else _container_setup
+    setup = setup_for(options, opts, client_factory, readers, executor)
+    report = setup.report
+    if _preflight_failed(setup, options):
         return report
-    if image_error is not None:
-        raise image_error
-
-    def stage(script: str, args: list[str], nproc: int = 1) -> RunResult | None:
-        try:
-            return executor.run(script, args, timeout_s=options.timeout_s, nproc=nproc, on_line=on_line)
-        except GpuHostNotReady as exc:
-            report.verdict = Verdict(
-                status="host_not_ready",
-                exit_code=exc.exit_code,
-                summary=exc.message,
-                reasons=[exc.details] if exc.details else [],
-                fix=exc.hint,
-            )
-        except VerificationFailed as exc:
-            report.verdict = Verdict(
-                status="failed",
-                exit_code=exc.exit_code,
-                summary=exc.message,
-                reasons=[exc.details] if exc.details else [],
-                fix=exc.hint,
-            )
-        return None
-
-    def no_report(what: str, result: RunResult, exc: ValueError) -> None:
-        report.log_tail = _tail(result.stderr)
-        report.verdict = Verdict(
-            status="failed",
-            exit_code=VerificationFailed.exit_code,
-            summary=f"the {what} printed no report (exit code {result.exit_code})",
-            reasons=[str(exc)],
-            fix="see log_tail in the JSON report",
-        )
-
-    def timed_out(what: str, result: RunResult) -> None:
-        report.timed_out = True
-        report.log_tail = _tail(result.stderr)
-        where = "its container removed" if report.mode == "container" else "its processes killed"
-        report.verdict = Verdict(
-            status="failed",
-            exit_code=VerificationFailed.exit_code,
-            summary=f"the {what} did not finish within {options.timeout_s:g} s: killed, {where}",
-            fix="raise --timeout, or look at the last output in the report (log_tail)",
-        )
-
-    # ---- probe
-    probe_run = stage("probe.py", ["--cpu"] if options.cpu else [])
-    if probe_run is None:
+    if setup.image_error is not None:
+        raise setup.image_error
+    stages = _Stages(report, options, setup.executor, on_line)
+    if not _run_probe(stages):
         return report
-    if probe_run.timed_out:
-        timed_out("probe", probe_run)
+    problems = _run_bench(stages)
+    if problems is None:
         return report
-    try:
-        report.probe = _parse(ProbeResult, probe_run.stdout)
-    except ValueError as exc:
-        no_report("probe", probe_run, exc)
-        return report
-    verdict = diagnose_probe(report.probe, cpu=options.cpu)
-    if verdict is not None:
-        report.verdict = verdict
-        return report
-
-    # ---- benchmark ladder (one process), then DDP when several devices are asked for
-    bench_run = stage("bench.py", bench_args(options))
-    if bench_run is None:
-        return report
-    report.bench_partial = bench_run.events
-    if bench_run.timed_out:
-        timed_out("benchmark", bench_run)
-        return report
-    try:
-        bench = _parse(BenchResult, bench_run.stdout)
-    except ValueError as exc:
-        no_report("benchmark", bench_run, exc)
-        return report
-    reference = reference_for(bench.device.name) if bench.device.type == "cuda" else None
-    report.bench = with_peak_share(bench, reference)
-    problems = diagnose_bench(report.bench, options.workloads)
-
-    nproc = options.gpus if options.gpus and options.gpus > 1 else 0
-    if options.gpus is None and not options.cpu and report.probe.device_count > 1:
-        nproc = report.probe.device_count
+    assert report.probe is not None
+    nproc = _ddp_processes(options, report.probe)
     if nproc > 1:
-        ddp_run = stage("bench.py", bench_args(options, ddp=True), nproc=nproc)
-        if ddp_run is None:
+        ddp_problems = _run_ddp(stages, nproc)
+        if ddp_problems is None:
             return report
-        if ddp_run.timed_out:
-            timed_out("multi-process benchmark", ddp_run)
-            # What the ranks said before they hung is the cause: keep it.
-            if report.verdict is not None:
-                report.verdict = report.verdict.model_copy(update={"reasons": rank_errors(ddp_run.events)})
-            return report
-        parse_error = None
-        try:
-            report.bench_ddp = _parse(BenchResult, ddp_run.stdout)
-        except ValueError as exc:
-            report.log_tail = _tail(ddp_run.stderr)
-            parse_error = str(exc)
-        if report.bench_ddp is None or not report.bench_ddp.ok:
-            report.log_tail = _tail(ddp_run.stderr)
-        problems += diagnose_ddp(ddp_run, report.bench_ddp, options.workloads, parse_error)
-
-    report.comparisons = compare(report.bench, min_ratio=options.min_ratio)
-    problems += [
-        f"{c.workload}: {c.measured_images_per_s or 0:.0f} images/s is below {c.min_ratio:.0%} of "
-        f"{c.reference_images_per_s:.0f} ({c.gpu_model}, {c.source})"
-        for c in report.comparisons
-        if c.status == "FAIL"
-    ]
-    if problems:
-        report.verdict = Verdict(
-            status="failed",
-            exit_code=VerificationFailed.exit_code,
-            summary="the benchmark found problems",
-            reasons=problems,
-        )
-        return report
-    rates = ", ".join(
-        f"{w.name} {max((r.images_per_s or 0) for r in w.rungs):.1f} images/s" for w in report.bench.workloads
-    )
-    report.verdict = Verdict(
-        status="pass",
-        exit_code=0,
-        summary=f"probe and benchmark passed on {report.bench.device.name}: {rates}",
-    )
+        problems += ddp_problems
+    report.verdict = _final_verdict(report, options, problems)
     return report
 
 
