@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr)
 
         sealed = seal_image(client, attrs["Id"], source_date_epoch=args.source_date_epoch, tag=bench_tag,
-                            progress=log, tmp_dir=workdir, rewrite_layers=not args.keep_layers)
+                            show=lambda event: log(event.message), tmp_dir=workdir, rewrite_layers=not args.keep_layers)
         sealed_id = sealed.image_id
         result.update(
             seal_mode="config only" if args.keep_layers else "layers rewritten",

@@ -26,6 +26,17 @@ def done(message: str, result: Any) -> Event:
     return Event("done", message, data={"result": result})
 
 
+Show = Callable[[Event], None]
+
+
+def phases(show: Show | None) -> Callable[[str], None]:
+    """For a function that takes ``show`` and reports in plain messages: each message becomes a
+    ``phase`` event passed to ``show`` (or is dropped when nobody shows them)."""
+    if show is None:
+        return lambda _message: None
+    return lambda message: show(Event("phase", message))
+
+
 
 def follow(events: Iterable[Event], show: Callable[[Event], None] | None = None) -> Any:
     """The one loop over a job's events: pass each to ``show``, return the result ``done`` carries.

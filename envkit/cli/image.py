@@ -194,7 +194,7 @@ def seal_cmd(image: str, tag: str | None, source_date_epoch: int | None, tmp_dir
             tag=tag,
             tmp_dir=tmp_dir,
             rewrite_layers=not keep_layers,
-            progress=progress.say,
+            show=progress.show,
         )
     console.success(
         f"sealed {image}: {result.image_id} ({len(result.layers)} layers, "

@@ -103,7 +103,7 @@ def restore_cmd(
     client = get_client()
     with progress.running():
         if bundled:
-            opened = open_bundle(manifest_path, say=progress.say)
+            opened = open_bundle(manifest_path, show=progress.show)
             manifest = parse_manifest(opened.manifest_text, f"{manifest_path}:manifest.json")
         assert manifest is not None
         # With drift, --tag names the final (drift) image; the base is restored under its own tag.
@@ -170,7 +170,7 @@ def export_cmd(image: str, output: Path, level: int, fmt: str) -> None:
     progress = console.Progress(f"export {image}")
     with progress.running():
         result = export_image(client, image, output, level=level, fmt=fmt,
-                              progress=progress.say)
+                              show=progress.show)
     console.success(
         f"exported {image} ({result.image_id[:19]}) to {result.path}: "
         f"{human_bytes(result.uncompressed_bytes)} -> {human_bytes(result.compressed_bytes)}"
@@ -190,7 +190,7 @@ def import_cmd(file: Path, max_size: str | None) -> None:
     client = _client()
     progress = console.Progress(f"import {file}")
     with progress.running():
-        result = import_image(client, file, max_size=cap, progress=progress.say)
+        result = import_image(client, file, max_size=cap, show=progress.show)
     for ref, image_id in zip(result.loaded, result.image_ids, strict=False):
         console.success(f"loaded {ref} ({image_id[:19]})")
     for image_id in result.image_ids:

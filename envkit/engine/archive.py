@@ -26,7 +26,7 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -62,6 +62,7 @@ from envkit.errors import (
     MissingDependency,
     UsageError,
 )
+from envkit.events import Show, phases
 
 FORMATS = ("docker-archive", "oci")
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -83,8 +84,6 @@ UNKNOWN_DISK_CAP = 256 << 30
 MAX_RATIO = 1000
 BOMB_CHECK_AFTER = 64 << 20
 _SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,7 @@ def export_image(
     fmt: str = "docker-archive",
     level: int = 3,
     threads: int = -1,
-    progress: Progress | None = None,
+    show: Show | None = None,
 ) -> ExportResult:
     """Write `image` as a zstd-compressed docker-archive at `out_path`, atomically.
 
@@ -134,7 +133,7 @@ def export_image(
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}", hint=f"choose one of: {', '.join(FORMATS)}")
-    say = progress or (lambda _msg: None)
+    say = phases(show)
     attrs = inspect_image(client, image)
     target = os.path.abspath(os.fspath(out_path))
     directory = os.path.dirname(target)
@@ -468,7 +467,7 @@ def import_image(
     path: str | os.PathLike[str],
     *,
     max_size: int | None = None,
-    progress: Progress | None = None,
+    show: Show | None = None,
 ) -> ImportResult:
     """Load an archive written by `export_image` (or any docker-archive, plain, gzip or zstd).
 
@@ -476,7 +475,7 @@ def import_image(
     a margin) and the stream is read as tar on its way to the engine: a decompression bomb, a
     truncated file or a malformed OCI layout ends in IntegrityError (exit 5), never a full disk.
     """
-    say = progress or (lambda _msg: None)
+    say = phases(show)
     source = os.fspath(path)
     if not os.path.isfile(source):
         raise UsageError(f"archive {source} not found")

@@ -529,10 +529,10 @@ def seal_events(
         yield Event("phase", f"seal: unchanged build, sealed image {known[7:19]} reused")
         return known
     yield Event("phase", "seal: rewriting layers deterministically")
-    messages: list[str] = []
-    result = seal_image(client, unsealed_id, source_date_epoch=epoch, tag=None, progress=messages.append)
-    for message in messages:
-        yield Event("log", message)
+    seal_events: list[Event] = []
+    result = seal_image(client, unsealed_id, source_date_epoch=epoch, tag=None, show=seal_events.append)
+    for event in seal_events:
+        yield Event("log", event.message)
     sealcache.remember(client, unsealed_id, result.image_id)
     return result.image_id
 

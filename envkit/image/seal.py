@@ -60,6 +60,7 @@ from envkit.errors import (
     Interrupted,
     UsageError,
 )
+from envkit.events import Show, phases
 from envkit.image.seal_policy import (
     SOURCE_DATE_EPOCH_LABEL,
     LayerRewrite,
@@ -70,9 +71,6 @@ from envkit.image.seal_policy import (
 
 TMPDIR_ENV = "ENVKIT_TMPDIR"
 __all__ = ["SOURCE_DATE_EPOCH_LABEL", "SealResult", "SealedLayer", "human_bytes", "seal_image"]
-
-Progress = Callable[[str], None]
-
 
 @dataclass(frozen=True)
 class SealedLayer:
@@ -138,7 +136,7 @@ def human_bytes(n: float) -> str:
 
 
 def _save_and_rewrite(client: docker.DockerClient, image_id: str, workdir: str, epoch: int,
-                      progress: Progress) -> SavedImage[tuple[LayerRewrite, str]]:
+                      say: Callable[[str], None]) -> SavedImage[tuple[LayerRewrite, str]]:
     """`docker save` the image and rewrite each layer into `workdir` as it streams past."""
 
     count = 0
@@ -147,12 +145,12 @@ def _save_and_rewrite(client: docker.DockerClient, image_id: str, workdir: str, 
         nonlocal count
         count += 1
         index = count
-        progress(f"rewriting layer {index} ({human_bytes(info.size)})")
+        say(f"rewriting layer {index} ({human_bytes(info.size)})")
         out_path = os.path.join(workdir, f"layer-{index}.tar")
         with open(out_path, "wb+", buffering=COPY_CHUNK) as out:
             result = rewrite_layer(data, out, epoch=epoch)
             out.flush()
-        progress(
+        say(
             f"layer {index}: {result.entries} entries, {result.removed} volatile removed, "
             f"{human_bytes(result.size)}" + (" (reordered)" if result.reordered else "")
         )
@@ -233,7 +231,7 @@ def seal_image(
     *,
     source_date_epoch: int | None = None,
     tag: str | None = None,
-    progress: Progress | None = None,
+    show: Show | None = None,
     tmp_dir: str | os.PathLike[str] | None = None,
     rewrite_layers: bool = True,
 ) -> SealResult:
@@ -248,8 +246,10 @@ def seal_image(
     same ID for two builds only if the build itself made the layers deterministic (clamped mtimes,
     volatile files removed in the same step); the config it writes is rebuilt from the engine's
     inspect and history data, so its ID differs from a full seal of the same image.
+
+    Progress goes to ``show`` as phase events.
     """
-    say = progress or (lambda _msg: None)
+    say = phases(show)
     started = time.monotonic()
     attrs = inspect_image(client, image)
     source_id = attrs["Id"]

@@ -29,7 +29,7 @@ from envkit.digests import sha256_file, sha256_stream
 from envkit.engine.client import find_image, inspect_image
 from envkit.engine.dockerarchive import load_archive
 from envkit.errors import IntegrityError, NetworkError, UsageError
-from envkit.events import Event, done, drain
+from envkit.events import Event, Show, done, drain, phases
 from envkit.jsonio import pretty_text
 from envkit.record.manifest import Manifest, parse_manifest
 from envkit.record.offline import DirStore, PackageServer, assert_cut_off, internal_network, outside_addresses
@@ -44,10 +44,6 @@ CHUNK = 1 << 20
 GLIBC_MINOR = {"bullseye": 31, "bookworm": 36, "trixie": 41}
 
 Say = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    return
 
 
 def wheel_platforms(platform: str, suite: str) -> list[str]:
@@ -263,8 +259,10 @@ def is_bundle(path: Path) -> bool:
         return False
 
 
-def open_bundle(path: Path, *, say: Say = _quiet) -> OpenBundle:
-    """Read a bundle's index and manifest and check every member against its sha256 (exit 5)."""
+def open_bundle(path: Path, *, show: Show | None = None) -> OpenBundle:
+    """Read a bundle's index and manifest and check every member against its sha256 (exit 5);
+    progress goes to ``show`` as phase events."""
+    say = phases(show)
     try:
         tar = tarfile.open(path, "r:")
     except (tarfile.TarError, OSError) as exc:

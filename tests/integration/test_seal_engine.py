@@ -24,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from envkit.errors import EnvkitError, Interrupted, ReproMismatch, UsageError
+from envkit.events import Event
 from tests.tarfiles import tar_of
 
 pytestmark = pytest.mark.docker
@@ -144,7 +145,7 @@ def test_two_nocache_builds_seal_to_the_same_image_id(client, images: Images, tm
     ref_a, ref_b = images.tags[-2], images.tags[-1]
     sealed_a = _seal(client, ref_a, tmp_path)
     messages: list[str] = []
-    sealed_b = _seal(client, ref_b, tmp_path, progress=messages.append)
+    sealed_b = _seal(client, ref_b, tmp_path, show=lambda event: messages.append(event.message))
     images.ids.update({sealed_a.image_id, sealed_b.image_id})
     assert sealed_a.image_id == sealed_b.image_id
     assert sealed_a.diff_ids == sealed_b.diff_ids
@@ -166,12 +167,12 @@ def test_interrupt_while_sealing_keeps_the_old_tag(client, images: Images, tmp_p
     original = images.build("interrupt", build_time=EPOCH + 5)
     ref = images.tags[-1]
     for stage in ("rewriting layer 2", "loading sealed image"):
-        def interrupt(message: str, stage: str = stage) -> None:
-            if message.startswith(stage):
+        def interrupt(event: Event, stage: str = stage) -> None:
+            if event.message.startswith(stage):
                 raise KeyboardInterrupt
 
         with pytest.raises(Interrupted, match="unsealed") as info:
-            seal_image(client, ref, tmp_dir=tmp_path, progress=interrupt)
+            seal_image(client, ref, tmp_dir=tmp_path, show=interrupt)
         assert info.value.exit_code == 130
         assert images.image_id(ref) == original
         assert os.listdir(tmp_path) == []
@@ -287,7 +288,7 @@ def test_config_only_seal_of_deterministic_builds(client, images: Images, tmp_pa
     layers = client.api.inspect_image(first)["RootFS"]["Layers"]
     assert first != second and client.api.inspect_image(second)["RootFS"]["Layers"] == layers
     messages: list[str] = []
-    sealed_a = _seal(client, images.tags[-2], tmp_path, rewrite_layers=False, progress=messages.append)
+    sealed_a = _seal(client, images.tags[-2], tmp_path, rewrite_layers=False, show=lambda event: messages.append(event.message))
     sealed_b = _seal(client, twin_ref, tmp_path, rewrite_layers=False)
     images.ids.update({sealed_a.image_id, sealed_b.image_id})
     assert sealed_a.image_id == sealed_b.image_id

@@ -14,6 +14,7 @@ import pytest
 from envkit.engine.dockerarchive import archive_stream, read_saved
 from envkit.engine.tarstream import buffered, file_chunks, iter_tar, tar_bytes
 from envkit.errors import EnvkitError
+from envkit.events import Event
 from envkit.image.seal import seal_image
 from envkit.image.seal_policy import rewrite_layer
 from tests.fakes import FakeClient, FakeImage
@@ -79,7 +80,8 @@ def test_seal_through_the_fake_engine_loads_the_rewritten_layer_and_moves_the_ta
                          attrs={"Size": 10, "RootFS": {"Layers": [diff_id]}})
     client = FakeClient({"demo:1": unsealed}, saved=list(archive_stream(config, [(diff_id, str(built))], epoch=0)))
 
-    result = seal_image(client, "demo:1", source_date_epoch=EPOCH, tmp_dir=tmp_path)
+    shown: list[Event] = []
+    result = seal_image(client, "demo:1", source_date_epoch=EPOCH, tmp_dir=tmp_path, show=shown.append)
 
     with tarfile.open(fileobj=io.BytesIO(client.api.loaded)) as tf:
         entry = json.loads(tf.extractfile("manifest.json").read())[0]  # type: ignore[union-attr]
@@ -91,3 +93,7 @@ def test_seal_through_the_fake_engine_loads_the_rewritten_layer_and_moves_the_ta
     assert result.diff_ids == (expected.diff_id,) == ("sha256:" + hashlib.sha256(layer).hexdigest(),)
     assert client.api.tagged == [(result.image_id, "demo", "1")]
     assert client.images.get("demo:1").id == result.image_id
+    # Progress arrives as phase events, in the words the CLI prints.
+    assert {event.kind for event in shown} == {"phase"}
+    assert shown[0].message.startswith("saving demo:1 (") and shown[1].message.startswith("rewriting layer 1 (")
+    assert shown[-1].message == f"tagged demo:1 -> {result.image_id[7:19]}"

@@ -16,6 +16,7 @@ import pytest
 from envkit.engine.dockerarchive import archive_stream, chain_ids
 from envkit.engine.tarstream import END_OF_ARCHIVE, iter_tar, tar_header
 from envkit.errors import UsageError
+from envkit.events import Event
 from envkit.image.seal_policy import (
     EMPTY_LAYER_DIGEST,
     resolve_epoch,
@@ -384,11 +385,15 @@ def test_export_writes_zstd_atomically_and_import_reads_it_back(tmp_path: Path) 
     payload = [saved[:70_000], saved[70_000:]]
     client = _engine(payload)
     out = tmp_path / "sub" / "demo.tar.zst"
-    result = export_image(client, "demo:1", out)
+    shown: list[Event] = []
+    result = export_image(client, "demo:1", out, show=shown.append)
+    assert [event.kind for event in shown] == ["phase", "phase"]
+    assert shown[-1].message == f"wrote {out}: {len(saved)} bytes -> {out.stat().st_size} bytes"
     assert out.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
     assert result.uncompressed_bytes == len(saved) and result.compressed_bytes == out.stat().st_size
     assert [p.name for p in out.parent.iterdir()] == ["demo.tar.zst"]
-    imported = import_image(client, out)
+    imported = import_image(client, out, show=shown.append)
+    assert shown[2].kind == "phase" and shown[2].message.startswith(f"importing {out} (at most ")
     assert client.api.loaded == b"".join(payload)
     assert imported.loaded == ("demo:1",)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from envkit.errors import IntegrityError, UsageError
+from envkit.events import Event
 from envkit.record.bundle import (
     INDEX_NAME,
     MANIFEST_NAME,
@@ -143,7 +144,9 @@ def test_bundle_round_trip_is_deterministic_and_readable_in_place(tmp_path: Path
     second = _bundle(tmp_path / "two")
     assert first.read_bytes() == second.read_bytes()
     assert is_bundle(first) and not is_bundle(tmp_path / "one" / "members" / "wheels" / "a-1-py3-none-any.whl")
-    opened = open_bundle(first)
+    shown: list[Event] = []
+    opened = open_bundle(first, show=shown.append)
+    assert [(e.kind, e.message) for e in shown][:1] == [("phase", f"checking {len(opened.index.files)} files of {first.name}")]
     assert opened.index.wheels == {"a-1-py3-none-any.whl": hashlib.sha256(b"wheel-a").hexdigest()}
     assert json.loads(opened.manifest_text) == {"digest": "sha256:m"}
     with tarfile.open(first) as tar:
