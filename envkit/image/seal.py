@@ -264,58 +264,31 @@ def seal_image(
     existed_before = False
     tagged = False
     try:
-        if rewrite_layers:
-            say(f"saving {image} ({source_id[7:19]}, {human_bytes(int(attrs.get('Size') or 0))})")
-            saved = _save_and_rewrite(client, source_id, workdir, epoch, say)
-            results = saved.layers
-            raw_config = saved.config
-        else:
-            say(f"sealing the config of {image}; layers kept as built")
-            raw_config = config_from_engine(client, attrs)
-            results = [
-                (LayerRewrite(d, 0, 1, 0, 0, 0, False), "") for d in raw_config["rootfs"]["diff_ids"]
-            ]
+        results, raw_config = _layers_to_seal(client, image, attrs, workdir, epoch, rewrite_layers, say)
         kept_results = [(r, path) for r, path in results if r.entries > 0]
         layer_files = [(r.diff_id, path) for r, path in kept_results]
         digests = [r.diff_id if r.entries > 0 else None for r, _ in results]
         config_bytes = sealed_config(raw_config, digests, epoch)
         new_id = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
         existed_before = image_exists(client, new_id)
-        present = engine_chains(client)
-        needed = [c for c in chain_ids(d for d, _ in layer_files) if c not in present]
-        if needed and not rewrite_layers:
-            raise BuildFailed(f"the engine no longer holds the layers of {image}")
-        say(f"loading sealed image {new_id[7:19]} "
-            f"({len(needed)} of {len(layer_files)} layers new to the engine)")
-        try:
-            stream = archive_stream(config_bytes, layer_files, epoch=epoch, present=present)
-            loaded = load_archive(client, stream)
-        except EnvkitError as exc:
-            if len(needed) == len(layer_files) or not rewrite_layers or "disk space" in exc.message:
-                raise
-            # A layer stack removed between the check and the load: send every layer.
-            say("loading again with every layer")
-            loaded = load_archive(client, archive_stream(config_bytes, layer_files, epoch=epoch))
-        if new_id not in loaded and not image_exists(client, new_id):
-            raise IntegrityError(f"the engine loaded {loaded or 'nothing'}, expected {new_id}")
+        _load_sealed(client, image, new_id, config_bytes, layer_files, epoch=epoch,
+                     rewrite_layers=rewrite_layers, say=say)
         for ref in tags:
             tag_image(client, new_id, ref)
             say(f"tagged {ref} -> {new_id[7:19]}")
         tagged = True
         sealed_attrs = client.api.inspect_image(new_id)
-        layers = tuple(SealedLayer(r.diff_id, r.size, r.entries, r.removed) for r, _ in kept_results)
-        sample = tuple(s for r, _ in results for s in r.removed_sample)
         return SealResult(
             image_id=new_id,
             source_image_id=source_id,
             source_date_epoch=epoch,
-            layers=layers,
+            layers=tuple(SealedLayer(r.diff_id, r.size, r.entries, r.removed) for r, _ in kept_results),
             tags=tuple(tags),
             dropped_layers=len(results) - len(kept_results),
             unsealed_size=int(attrs.get("Size") or 0),
             sealed_size=int(sealed_attrs.get("Size") or 0),
             seconds=time.monotonic() - started,
-            removed_sample=sample,
+            removed_sample=tuple(s for r, _ in results for s in r.removed_sample),
         )
     except EnvkitError as exc:
         if not tagged and exc.hint is None:
@@ -345,6 +318,44 @@ def seal_image(
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _layers_to_seal(
+    client: docker.DockerClient, image: str, attrs: dict[str, Any], workdir: str, epoch: int,
+    rewrite_layers: bool, say: Callable[[str], None],
+) -> tuple[list[tuple[LayerRewrite, str]], dict[str, Any]]:
+    """Each layer as rewritten into ``workdir`` (or as built, with no file) and the raw config."""
+    if rewrite_layers:
+        say(f"saving {image} ({attrs['Id'][7:19]}, {human_bytes(int(attrs.get('Size') or 0))})")
+        saved = _save_and_rewrite(client, attrs["Id"], workdir, epoch, say)
+        return list(saved.layers), saved.config
+    say(f"sealing the config of {image}; layers kept as built")
+    raw_config = config_from_engine(client, attrs)
+    return [(LayerRewrite(d, 0, 1, 0, 0, 0, False), "") for d in raw_config["rootfs"]["diff_ids"]], raw_config
+
+
+def _load_sealed(
+    client: docker.DockerClient, image: str, new_id: str, config_bytes: bytes,
+    layer_files: list[tuple[str, str]], *, epoch: int, rewrite_layers: bool, say: Callable[[str], None],
+) -> None:
+    """``docker load`` the sealed image, sending only the layers the engine lacks, and check its ID."""
+    present = engine_chains(client)
+    needed = [c for c in chain_ids(d for d, _ in layer_files) if c not in present]
+    if needed and not rewrite_layers:
+        raise BuildFailed(f"the engine no longer holds the layers of {image}")
+    say(f"loading sealed image {new_id[7:19]} "
+        f"({len(needed)} of {len(layer_files)} layers new to the engine)")
+    try:
+        stream = archive_stream(config_bytes, layer_files, epoch=epoch, present=present)
+        loaded = load_archive(client, stream)
+    except EnvkitError as exc:
+        if len(needed) == len(layer_files) or not rewrite_layers or "disk space" in exc.message:
+            raise
+        # A layer stack removed between the check and the load: send every layer.
+        say("loading again with every layer")
+        loaded = load_archive(client, archive_stream(config_bytes, layer_files, epoch=epoch))
+    if new_id not in loaded and not image_exists(client, new_id):
+        raise IntegrityError(f"the engine loaded {loaded or 'nothing'}, expected {new_id}")
 
 
 def _forget_untagged(
