@@ -34,6 +34,7 @@ import requests.exceptions
 from packaging.tags import compatible_tags, cpython_tags
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
+from pydantic import ValidationError
 
 from envkit import labels, platforms
 from envkit.engine.client import tag_image
@@ -357,15 +358,20 @@ def snapshot_container(
     tags = image_tags(base.stack.python or "3.11", glibc_version(base.apt_packages),
                       machine(base.spec.platform))
     wheels = lock_changes(changes, tags, session or http_session())
-    drift = Drift(
-        container_id=container.id,
-        container_name=container.name,
-        wheels=wheels,
-        removed=changes.removed,
-        python_packages=dict(sorted(_versions(found["python"]).items())),
-        apt_changes=apt_changes(base.apt_packages, dict(found.get("apt") or {})),
-        docker_diff=diff_counts(client, container.id),
-    )
+    try:
+        drift = Drift(
+            container_id=container.id,
+            container_name=container.name,
+            wheels=wheels,
+            removed=changes.removed,
+            python_packages=dict(sorted(_versions(found["python"]).items())),
+            apt_changes=apt_changes(base.apt_packages, dict(found.get("apt") or {})),
+            docker_diff=diff_counts(client, container.id),
+        )
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        raise IntegrityError(f"the container holds a value a manifest refuses: {where}: {problem['msg']}") from None
     return seal_manifest(base.model_copy(update={"drift": drift}))
 
 

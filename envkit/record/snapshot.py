@@ -24,6 +24,7 @@ from envkit.record.manifest import (
     Manifest,
     PythonPackage,
     StackVersions,
+    build_manifest,
     content_digest,
     parse_manifest,
     read_manifest,
@@ -164,7 +165,7 @@ def snapshot(
     found = collect_packages(client, attrs["Id"])
     packages, mismatches = python_packages_against_lock(found["python"], lock)
     arch = image_labels.get(labels.ARCH_LIST, "")
-    manifest = Manifest(
+    return build_manifest(
         schema_version=SCHEMA_VERSION,
         envkit_version=__version__,
         source=source,
@@ -195,7 +196,6 @@ def snapshot(
         host=host,
         verify_report=verify_report,
     )
-    return seal_manifest(manifest)
 
 
 def plan_from_manifest(manifest: Manifest, **options: Any) -> Any:
