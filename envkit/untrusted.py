@@ -18,7 +18,9 @@ from envkit.jsonio import canonical_text
 
 MAX_DEPTH = 32
 # A CSI/OSC/other escape sequence, then any lone control or format character left over.
-_ESCAPE_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])?|\x9b[0-?]*[ -/]*[@-~]")
+_ESCAPE_RE = re.compile(
+    r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])?|\x9b[0-?]*[ -/]*[@-~]"
+)
 
 
 class UntrustedError(ValueError):

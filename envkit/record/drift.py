@@ -371,7 +371,9 @@ def snapshot_container(
     except ValidationError as exc:
         problem = exc.errors()[0]
         where = ".".join(str(part) for part in problem["loc"])
-        raise IntegrityError(f"the container holds a value a manifest refuses: {where}: {problem['msg']}") from None
+        raise IntegrityError(
+            f"the container holds a value a manifest refuses: {where}: {problem['msg']}"
+        ) from None
     return seal_manifest(base.model_copy(update={"drift": drift}))
 
 
@@ -380,12 +382,31 @@ def snapshot_container(
 
 
 def drift_tag(manifest: Manifest, tag: str | None) -> str:
-    """``--tag``, else the base image's tag with ``-drift`` added."""
+    """``--tag``, else the spec's tag with ``-drift`` added (never a tag the file names)."""
     if tag:
         return tag
-    base = manifest.image.tags[0] if manifest.image.tags else manifest.spec.image_tag
+    base = manifest.spec.image_tag
     repo, _, tag_part = base.rpartition(":")
     return f"{repo}:{tag_part[:122]}-drift"
+
+
+def drift_restore_tag(client: docker.DockerClient, manifest: Manifest, tag: str | None, *,
+                      force: bool = False) -> str:
+    """The drift image's tag, refused (exit 2) when it names an image that is not this drift's."""
+    from envkit.engine.client import find_image
+
+    target = drift_tag(manifest, tag)
+    present = find_image(client, target)
+    drift = manifest.drift
+    if present is not None and drift is not None and not force:
+        found = ((present.get("Config") or {}).get("Labels") or {}).get(DRIFT_LABEL)
+        if found != drift.digest() and present.get("Id") != manifest.image.id:
+            other = str(present.get("Id"))[:19]
+            raise UsageError(
+                f"{target} already names another image ({other}); restore will not move it",
+                hint="choose another --tag, or pass --force to move it",
+            )
+    return target
 
 
 def download_wheels(wheels: list[LockedWheel], session: requests.Session) -> dict[str, bytes]:

@@ -447,4 +447,6 @@ def build_manifest(**fields: Any) -> Manifest:
     except ValidationError as exc:
         problem = exc.errors()[0]
         where = ".".join(str(part) for part in problem["loc"])
-        raise IntegrityError(f"the image holds a value a manifest refuses: {where}: {problem['msg']}") from None
+        raise IntegrityError(
+            f"the image holds a value a manifest refuses: {where}: {problem['msg']}"
+        ) from None
