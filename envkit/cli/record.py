@@ -135,9 +135,16 @@ def _restore_tags(client: Any, manifest: Manifest, tag: str | None, *, force: bo
         return restore_tag(client, manifest, tag, force=force), None
     from envkit.record.drift import drift_restore_tag
 
-    # With drift, --tag names the final (drift) image; the base is restored under the spec's tag.
-    base = restore_tag(client, manifest, None, force=force)
-    return base, drift_restore_tag(client, manifest, tag, force=force)
+    # With drift, --tag names the final (drift) image; the base is restored under the spec's tag,
+    # or, when that names another image, under the spec's tag plus the manifest's short image ID.
+    drift = drift_restore_tag(client, manifest, tag, force=force)
+    try:
+        base = restore_tag(client, manifest, None, force=force)
+    except UsageError:
+        repo, _, tag_part = manifest.spec.image_tag.rpartition(":")
+        derived = f"{repo}:{tag_part[:114]}-{manifest.image.id[7:19]}"
+        base = restore_tag(client, manifest, derived, force=force)
+    return base, drift
 
 
 @click.command("restore")
