@@ -439,3 +439,17 @@ def test_bundle_with_trust_refuses_unsigned_or_wrongly_signed_bundles(tmp_path: 
     edited.write_bytes(data)
     with pytest.raises(IntegrityError, match="not signed by"):
         open_bundle(edited, trust=trust)
+
+
+@needs_ssh_keygen
+def test_bundle_with_trust_refuses_an_unsigned_manifest_before_the_engine(tmp_path: Path) -> None:
+    alice = _key(tmp_path, "alice")
+    allowed = _allowed(tmp_path, **{"alice@example.org": alice})
+    manifest = tmp_path / "m.json"
+    manifest.write_text(manifest_text(_manifest()))
+    with pytest.raises(IntegrityError, match="alice@example.org"):
+        next(bundle_module.bundle_events(None, manifest, tmp_path / "out.bundle",  # type: ignore[arg-type]
+                                         trust=Trust(allowed, "alice@example.org")))
+    assert main(["bundle", str(manifest), "-o", str(tmp_path / "out.bundle"), "--trust", str(allowed),
+                 "--signer", "bob@example.org"]) in (3, 5)
+    assert not (tmp_path / "out.bundle").exists()
