@@ -147,6 +147,35 @@ def _restore_tags(client: Any, manifest: Manifest, tag: str | None, *, force: bo
     return base, drift
 
 
+def _staging_tag(client: Any, tag: str, *, force: bool) -> str:
+    """Where a restore's build lands: ``tag`` itself when it is free (or with --force).
+
+    When ``tag`` already names the manifest's image, the build lands on a unique tag beside it, so
+    a restore that comes out different leaves ``tag`` where it was (see ``_settle_tag``).
+    """
+    import uuid
+
+    from envkit.engine.client import find_image
+
+    if force or find_image(client, tag) is None:
+        return tag
+    repo, _, part = tag.rpartition(":")
+    return f"{repo}:{part[:110]}-restore-{uuid.uuid4().hex[:8]}"
+
+
+def _settle_tag(client: Any, result: Any, tag: str, expected: str) -> Any:
+    """Move ``tag`` from the staging tag to the restored image only when it is ``expected``."""
+    from dataclasses import replace
+
+    from envkit.engine.client import tag_image
+
+    if result.tag == tag or result.image_id != expected:
+        return result
+    tag_image(client, result.image_id, tag)
+    client.api.remove_image(result.tag, noprune=True)
+    return replace(result, tag=tag)
+
+
 @click.command("restore")
 @click.argument("manifest_path", metavar="MANIFEST|BUNDLE", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--tag", help="Tag for the restored image (default: the spec's name:tag).")
@@ -193,11 +222,13 @@ def restore_cmd(
             manifest = bundle_manifest(opened)
         assert manifest is not None
         tag, drift_tag = _restore_tags(client, manifest, tag, force=force)
+        staging = _staging_tag(client, tag, force=force)
         if offline:
-            events = restore_offline_events(client, opened, manifest, tag=tag, nocache=no_cache)
+            events = restore_offline_events(client, opened, manifest, tag=staging, nocache=no_cache)
         else:
-            events = restore_events(client, manifest, tag=tag, nocache=no_cache, ca_bundle=ca_bundle)
-        result = console.show_job(progress.title, events, progress)
+            events = restore_events(client, manifest, tag=staging, nocache=no_cache, ca_bundle=ca_bundle)
+        built = console.show_job(progress.title, events, progress)
+        result = _settle_tag(client, built, tag, manifest.image.id)
     if manifest.drift is not None:
         _finish_drift_restore(client, manifest, result, tag=drift_tag, nocache=no_cache, as_json=as_json)
         return
@@ -216,7 +247,8 @@ def restore_cmd(
                     "reading the image to explain the difference (a few minutes for a large one)")
     difference = diff_images(client, manifest, result.image_id)
     render_diff(difference, console.console)
-    raise ReproMismatch(f"restored {result.image_id}, the manifest records {manifest.image.id}")
+    kept = f" (tagged {result.tag}; {tag} was left where it was)" if result.tag != tag else ""
+    raise ReproMismatch(f"restored {result.image_id}{kept}, the manifest records {manifest.image.id}")
 
 
 @click.command("diff")

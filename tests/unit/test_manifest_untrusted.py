@@ -453,3 +453,44 @@ def test_bundle_with_trust_refuses_an_unsigned_manifest_before_the_engine(tmp_pa
     assert main(["bundle", str(manifest), "-o", str(tmp_path / "out.bundle"), "--trust", str(allowed),
                  "--signer", "bob@example.org"]) in (3, 5)
     assert not (tmp_path / "out.bundle").exists()
+
+
+def _restore_with(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, client: FakeClient, built_id: str,
+                  *args: str) -> tuple[int, list[str]]:
+    """``envkit restore`` of the test manifest on ``client``, the build faked to give ``built_id``."""
+    from envkit.events import done
+    from envkit.image.build import BuildResult
+
+    landed: list[str] = []
+
+    def fake_restore(client: FakeClient, manifest: Any, *, tag: str, **_: Any) -> Any:
+        landed.append(tag)
+        client.api.tag(built_id, *tag.rsplit(":", 1)) if client.images.find(built_id) else None
+        yield done("built", BuildResult(built_id, tag, 1, {}, "", "", ""))
+
+    monkeypatch.setattr("envkit.engine.client.get_client", lambda *a, **k: client)
+    monkeypatch.setattr("envkit.record.snapshot.restore_events", fake_restore)
+    monkeypatch.setattr("envkit.record.diff.diff_images", lambda *a, **k: ImageDiff("a", "b", None, None, False))
+    path = tmp_path / "m.json"
+    path.write_text(manifest_text(_manifest()))
+    return main(["restore", str(path), *args]), landed
+
+
+def test_restore_that_comes_out_different_does_not_move_a_tag_naming_the_manifests_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = _manifest()
+    good, other = FakeImage(manifest.image.id), FakeImage("sha256:" + "9" * 64)
+    client = FakeClient({"mine:1": good, other.id: other})
+    code, landed = _restore_with(monkeypatch, tmp_path, client, other.id, "--tag", "mine:1")
+    assert code == 9
+    assert landed[0].startswith("mine:1-restore-") and client.images.get("mine:1") is good
+    # The same restore coming out identical moves the tag (a no-op) and drops the staging tag.
+    client = FakeClient({"mine:1": good})
+    code, landed = _restore_with(monkeypatch, tmp_path, client, good.id, "--tag", "mine:1")
+    assert code == 0 and client.images.get("mine:1") is good and landed[0] != "mine:1"
+    assert client.api.untagged == landed
+    # A free tag is built on directly; a tag naming another image is exit 2 unless --force.
+    client = FakeClient({other.id: other, "taken:1": other})
+    assert _restore_with(monkeypatch, tmp_path, client, good.id, "--tag", "taken:1")[0] == 2
+    assert _restore_with(monkeypatch, tmp_path, FakeClient(), good.id, "--tag", "free:1")[1] == ["free:1"]
