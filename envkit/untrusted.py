@@ -38,6 +38,8 @@ def clean(text: object, *, keep_newlines: bool = False) -> str:
     for char in value:
         if char == "\n" and keep_newlines:
             kept.append(char)
+        elif char == "\t":
+            kept.append(" ")
         elif unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Cs"):
             continue
         else:
