@@ -156,6 +156,7 @@ class FakeApi:
         self.owner = owner
         self.removed: list[str] = []
         self.tagged: list[tuple[str, str, str]] = []
+        self.untagged: list[str] = []
         self.loaded = b""
         self.closed = False
 
@@ -210,6 +211,11 @@ class FakeApi:
 
     def remove_container(self, container_id: str, force: bool = False) -> None:
         self.removed.append(container_id)
+
+    def remove_image(self, image: str, force: bool = False, noprune: bool = False) -> None:
+        """Untag ``image`` (a tag); the fake keeps images by reference, so the reference goes."""
+        self.untagged.append(image)
+        self.owner.images.images.pop(image, None)
 
 
 class FakeClient:

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from envkit.errors import EnvkitError
 from envkit.events import Event, follow
+from envkit.untrusted import clean
 
 console = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
@@ -28,26 +29,31 @@ def interactive() -> bool:
     return console.is_terminal
 
 
+# Messages often carry strings from files and images other people made (names, tags, paths):
+# every one is printed as plain text, cleaned of control characters and escape sequences.
+
+
 def info(message: str) -> None:
-    console.print(message, markup=False)
+    console.print(Text(clean(message, keep_newlines=True)))
 
 
 def warning(message: str) -> None:
-    console.print(Text("warning: ", style="yellow bold") + Text(message))
+    console.print(Text("warning: ", style="yellow bold") + Text(clean(message, keep_newlines=True)))
 
 
 def success(message: str) -> None:
-    console.print(Text(message, style="green"))
+    console.print(Text(clean(message, keep_newlines=True), style="green"))
 
 
 def display_error(error: EnvkitError, *, debug: bool = False) -> None:
-    console.print(Text(f"error ({error.label}): ", style="red bold") + Text(error.message))
+    message = clean(error.message, keep_newlines=True)
+    console.print(Text(f"error ({error.label}): ", style="red bold") + Text(message))
     if error.details:
         console.print(Text("last output:", style="dim"))
         for line in error.details.splitlines()[-20:]:
-            console.print(Text("  " + line, style="dim"))
+            console.print(Text("  " + clean(line), style="dim"))
     if error.hint:
-        console.print(Text("hint: ", style="cyan") + Text(error.hint))
+        console.print(Text("hint: ", style="cyan") + Text(clean(error.hint, keep_newlines=True)))
     if debug:
         console.print("".join(traceback.format_exception(error)), markup=False)
 
@@ -91,6 +97,7 @@ class Progress:
         self.update("phase", message)
 
     def update(self, kind: str, message: str, step: int | None = None, total: int | None = None) -> None:
+        message = clean(message)
         if kind == "step" and step is not None:
             self.step = f"step {step}/{total}: {message[:120]}"
             self.last = ""

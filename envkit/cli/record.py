@@ -38,23 +38,28 @@ def _client():  # type: ignore[no-untyped-def]
               help="A JSON report from `envkit verify --json` to keep in the manifest.")
 @click.option("--container", metavar="ID", help="A running container instead of NAME|IMAGE: its image, "
               "plus the Python packages changed in it since it started (locked to PyPI wheels).")
+@click.option("--sign", "sign_key", metavar="KEY", type=click.Path(dir_okay=False, path_type=Path),
+              help="Sign the manifest with this SSH key (ssh-keygen -Y sign); the signature is "
+              "written beside it as FILE.sig.")
 def snapshot_cmd(
-    target: str | None, output: Path, with_host: bool, verify_report: Path | None, container: str | None
+    target: str | None, output: Path, with_host: bool, verify_report: Path | None, container: str | None,
+    sign_key: Path | None,
 ) -> None:
     """Write a manifest of everything that defines NAME or IMAGE (or a running container)."""
     from envkit.engine.client import engine_version, get_client
     from envkit.record.snapshot import snapshot as take
-    from envkit.record.snapshot import write_manifest
 
     if (target is None) == (container is None):
         raise UsageError("give NAME|IMAGE or --container ID (one of them, not both)")
+    if sign_key is not None and not sign_key.is_file():
+        raise UsageError(f"--sign {sign_key}: no such key file")
+    report = _read_verify_report(verify_report) if verify_report else None
     client = get_client()
     host = None
     if with_host:
         from envkit.host.gpu import read_host
 
         host = {"engine": engine_version(client), **read_host().to_json()}
-    report = json.loads(verify_report.read_text()) if verify_report else None
     if container is not None:
         from envkit.record.drift import snapshot_container
 
@@ -62,33 +67,142 @@ def snapshot_cmd(
         _show_drift(manifest)
     else:
         manifest = take(client, target or "", host=host, verify_report=report)
-    write_manifest(output, manifest)
+    signed = _write_manifest(output, manifest, sign_key)
     for problem in manifest.lock_mismatches:
         console.warning(f"image and lock disagree: {problem}")
     console.success(
         f"wrote {output}: {manifest.image.id[:19]}, {len(manifest.python_packages)} Python and "
-        f"{len(manifest.apt_packages)} apt packages"
+        f"{len(manifest.apt_packages)} apt packages" + (f"; signed in {signed}" if signed else "")
     )
+
+
+MAX_REPORT_BYTES = 1 << 20
+
+
+def _read_verify_report(path: Path) -> dict[str, Any]:
+    """``--verify-report FILE``: a JSON object kept as inert data; anything else is exit 2."""
+    from envkit.untrusted import UntrustedError, check_inert, decode, load_json
+
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_REPORT_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"--verify-report {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_REPORT_BYTES:
+        raise UsageError(f"--verify-report {path} is larger than {MAX_REPORT_BYTES >> 10} KB")
+    try:
+        data = load_json(decode(raw))
+        if not isinstance(data, dict):
+            raise UntrustedError("not a JSON object")
+        check_inert(data, max_bytes=MAX_REPORT_BYTES)
+    except (UntrustedError, ValueError) as exc:
+        raise UsageError(f"--verify-report {path} is not a report of `envkit verify --json`: {exc}") from None
+    return data
+
+
+def _write_manifest(output: Path, manifest: Manifest, sign_key: Path | None) -> Path | None:
+    """Write the manifest (and, with a key, its detached signature beside it); the signature's path."""
+    from envkit.atomic import write_bytes
+    from envkit.record.manifest import manifest_text
+    from envkit.record.signing import MANIFEST_NAMESPACE, sign, signature_path
+
+    data = manifest_text(manifest).encode("utf-8")
+    signature = sign(data, sign_key, MANIFEST_NAMESPACE) if sign_key is not None else None
+    write_bytes(output, data)
+    if signature is None:
+        return None
+    write_bytes(signature_path(output), signature)
+    return signature_path(output)
+
+
+def _trust_options(command: Any) -> Any:
+    """``--trust ALLOWED_SIGNERS`` and ``--signer IDENTITY``, shared by restore and bundle."""
+    command = click.option(
+        "--signer", metavar="IDENTITY", help="With --trust: the one identity that must have signed it.",
+    )(command)
+    return click.option(
+        "--trust", "trust_file", metavar="ALLOWED_SIGNERS", type=click.Path(dir_okay=False, path_type=Path),
+        help="Refuse (exit 5) a manifest or bundle not signed by a key in this allowed-signers "
+        "file (ssh-keygen format, as git uses).",
+    )(command)
+
+
+def _restore_tags(client: Any, manifest: Manifest, tag: str | None, *, force: bool) -> tuple[str, str | None]:
+    """The tags a restore moves: (base image, drift image or None); each checked free or already right."""
+    from envkit.record.snapshot import restore_tag
+
+    if manifest.drift is None:
+        return restore_tag(client, manifest, tag, force=force), None
+    from envkit.record.drift import drift_restore_tag
+
+    # With drift, --tag names the final (drift) image; the base is restored under the spec's tag,
+    # or, when that names another image, under the spec's tag plus the manifest's short image ID.
+    drift = drift_restore_tag(client, manifest, tag, force=force)
+    try:
+        base = restore_tag(client, manifest, None, force=force)
+    except UsageError:
+        repo, _, tag_part = manifest.spec.image_tag.rpartition(":")
+        derived = f"{repo}:{tag_part[:114]}-{manifest.image.id[7:19]}"
+        base = restore_tag(client, manifest, derived, force=force)
+    return base, drift
+
+
+def _staging_tag(client: Any, tag: str, *, force: bool) -> str:
+    """Where a restore's build lands: ``tag`` itself when it is free (or with --force).
+
+    When ``tag`` already names the manifest's image, the build lands on a unique tag beside it, so
+    a restore that comes out different leaves ``tag`` where it was (see ``_settle_tag``).
+    """
+    import uuid
+
+    from envkit.engine.client import find_image
+
+    if force or find_image(client, tag) is None:
+        return tag
+    repo, _, part = tag.rpartition(":")
+    return f"{repo}:{part[:110]}-restore-{uuid.uuid4().hex[:8]}"
+
+
+def _settle_tag(client: Any, result: Any, tag: str, expected: str) -> Any:
+    """Move ``tag`` from the staging tag to the restored image only when it is ``expected``."""
+    from dataclasses import replace
+
+    from envkit.engine.client import tag_image
+
+    if result.tag == tag or result.image_id != expected:
+        return result
+    tag_image(client, result.image_id, tag)
+    client.api.remove_image(result.tag, noprune=True)
+    return replace(result, tag=tag)
 
 
 @click.command("restore")
 @click.argument("manifest_path", metavar="MANIFEST|BUNDLE", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--tag", help="Tag for the restored image (default: the manifest's first tag).")
+@click.option("--tag", help="Tag for the restored image (default: the spec's name:tag).")
+@click.option("--force", is_flag=True, help="Move the tag even when it names another image.")
 @click.option("--no-cache", is_flag=True, help="Rebuild every step.")
 @click.option("--offline", is_flag=True, help="Build from a bundle (`envkit bundle`) with the build "
               "network cut off: only the bundle's wheels and mirror files are reachable.")
 @click.option("--ca-bundle", envvar="ENVKIT_CA_BUNDLE", help="CA bundle for the builder stage "
               "(default: PIP_CERT, SSL_CERT_FILE or REQUESTS_CA_BUNDLE).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@_trust_options
 def restore_cmd(
-    manifest_path: Path, tag: str | None, no_cache: bool, offline: bool, ca_bundle: str | None,
-    as_json: bool,
+    manifest_path: Path, tag: str | None, force: bool, no_cache: bool, offline: bool, ca_bundle: str | None,
+    as_json: bool, trust_file: Path | None, signer: str | None,
 ) -> None:
     """Rebuild the image a manifest describes and prove it is the same image (exit 9 if not)."""
     from envkit.cli.image import check_tag
     from envkit.engine.client import get_client
-    from envkit.record.bundle import is_bundle, open_bundle, restore_offline_events
-    from envkit.record.snapshot import parse_manifest, read_manifest, restore_events
+    from envkit.record.bundle import (
+        bundle_manifest,
+        is_bundle,
+        open_bundle,
+        read_trusted_manifest,
+        restore_offline_events,
+    )
+    from envkit.record.signing import trust_from_options
+    from envkit.record.snapshot import restore_events
 
     if not manifest_path.is_file():
         raise UsageError(f"{manifest_path}: no such manifest or bundle")
@@ -98,21 +212,23 @@ def restore_cmd(
                          hint=f"make one with network: envkit bundle {manifest_path} -o env.bundle")
     if tag is not None:
         check_tag(tag)
+    trust = trust_from_options(trust_file, signer)
     progress = console.Progress(f"restore {manifest_path}")
-    manifest = None if bundled else read_manifest(manifest_path)
+    manifest = None if bundled else read_trusted_manifest(manifest_path, trust)[1]
     client = get_client()
     with progress.running():
         if bundled:
-            opened = open_bundle(manifest_path, show=progress.show)
-            manifest = parse_manifest(opened.manifest_text, f"{manifest_path}:manifest.json")
+            opened = open_bundle(manifest_path, show=progress.show, trust=trust)
+            manifest = bundle_manifest(opened)
         assert manifest is not None
-        # With drift, --tag names the final (drift) image; the base is restored under its own tag.
-        drift_tag, tag = (tag, None) if manifest.drift is not None else (None, tag)
+        tag, drift_tag = _restore_tags(client, manifest, tag, force=force)
+        staging = _staging_tag(client, tag, force=force)
         if offline:
-            events = restore_offline_events(client, opened, manifest, tag=tag, nocache=no_cache)
+            events = restore_offline_events(client, opened, manifest, tag=staging, nocache=no_cache)
         else:
-            events = restore_events(client, manifest, tag=tag, nocache=no_cache, ca_bundle=ca_bundle)
-        result = console.show_job(progress.title, events, progress)
+            events = restore_events(client, manifest, tag=staging, nocache=no_cache, ca_bundle=ca_bundle)
+        built = console.show_job(progress.title, events, progress)
+        result = _settle_tag(client, built, tag, manifest.image.id)
     if manifest.drift is not None:
         _finish_drift_restore(client, manifest, result, tag=drift_tag, nocache=no_cache, as_json=as_json)
         return
@@ -131,7 +247,8 @@ def restore_cmd(
                     "reading the image to explain the difference (a few minutes for a large one)")
     difference = diff_images(client, manifest, result.image_id)
     render_diff(difference, console.console)
-    raise ReproMismatch(f"restored {result.image_id}, the manifest records {manifest.image.id}")
+    kept = f" (tagged {result.tag}; {tag} was left where it was)" if result.tag != tag else ""
+    raise ReproMismatch(f"restored {result.image_id}{kept}, the manifest records {manifest.image.id}")
 
 
 @click.command("diff")
@@ -202,13 +319,25 @@ def import_cmd(file: Path, max_size: str | None) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The bundle file to write (an uncompressed tar; replaced only on success).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def bundle_cmd(manifest_path: Path, output: Path, as_json: bool) -> None:
+@click.option("--sign", "sign_key", metavar="KEY", type=click.Path(dir_okay=False, path_type=Path),
+              help="Sign the bundle (its index: the manifest's digest and every file's sha256) with "
+              "this SSH key.")
+@_trust_options
+def bundle_cmd(
+    manifest_path: Path, output: Path, as_json: bool, sign_key: Path | None, trust_file: Path | None,
+    signer: str | None,
+) -> None:
     """Bundle a manifest with its base, wheels and .debs for `envkit restore BUNDLE --offline`."""
     from envkit.engine.client import get_client
     from envkit.record.bundle import bundle_events
+    from envkit.record.signing import trust_from_options
 
+    trust = trust_from_options(trust_file, signer)
+    if sign_key is not None and not sign_key.is_file():
+        raise UsageError(f"--sign {sign_key}: no such key file")
     client = get_client()
-    index = console.show_job(f"bundle {manifest_path}", bundle_events(client, manifest_path, output))
+    events = bundle_events(client, manifest_path, output, sign_key=sign_key, trust=trust)
+    index = console.show_job(f"bundle {manifest_path}", events)
     size = output.stat().st_size
     if as_json:
         console.out.print_json(json.dumps({
@@ -218,6 +347,7 @@ def bundle_cmd(manifest_path: Path, output: Path, as_json: bool) -> None:
     console.success(
         f"wrote {output}: {size / 1e9:.2f} GB, {len(index.wheels)} wheels, "
         f"{sum(n.startswith('apt/') for n in index.files)} mirror files, base {index.base_image_id[:19]}"
+        + ("; signed" if sign_key is not None else "")
     )
 
 

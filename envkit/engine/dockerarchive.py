@@ -31,10 +31,13 @@ from envkit.engine.tarstream import (
     Prefixed,
     Source,
     buffered,
+    carries_data,
     file_chunks,
     iter_tar,
     member,
     normalize_name,
+    padding,
+    tar_header,
 )
 from envkit.errors import DiskFull, EngineRefused, EnvkitError, IntegrityError
 from envkit.jsonio import canonical_bytes
@@ -192,6 +195,56 @@ def load_archive(client: docker.DockerClient, chunks: Iterable[bytes]) -> list[s
     except docker.errors.APIError as exc:
         raise load_error(str(exc.explanation or exc)) from exc
     return loaded
+
+
+# Annotations through which an OCI index (newer `docker save`) names tags that `docker load` sets.
+_TAG_ANNOTATIONS = ("io.containerd.image.name", "org.opencontainers.image.ref.name")
+
+
+def _untag_small(name: str, data: bytes) -> bytes:
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise IntegrityError(f"the archive's {name} is not JSON: {exc}") from None
+    if name == "manifest.json" and isinstance(value, list):
+        for entry in value:
+            if isinstance(entry, dict):
+                entry["RepoTags"] = None
+    elif name == "index.json" and isinstance(value, dict):
+        for entry in value.get("manifests") or []:
+            annotations = entry.get("annotations") if isinstance(entry, dict) else None
+            if isinstance(annotations, dict):
+                for key in _TAG_ANNOTATIONS:
+                    annotations.pop(key, None)
+    return json.dumps(value, sort_keys=True).encode()
+
+
+def without_tags(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """A docker-archive stream with every tag it names removed, so `docker load` moves no tag.
+
+    ``manifest.json``'s RepoTags are emptied, an OCI ``index.json``'s name annotations dropped
+    and the legacy ``repositories`` file left out; layers pass through as they are.
+    """
+    src = buffered(chunks)
+    for info, data in iter_tar(src):
+        name = normalize_name(info.name)
+        if name == "repositories":
+            continue
+        if name in ("manifest.json", "index.json") and info.isfile():
+            if info.size > SMALL_MEMBER_MAX:
+                raise IntegrityError(f"the archive's {name} is larger than {SMALL_MEMBER_MAX >> 20} MB")
+            yield member(name, _untag_small(name, data.read(info.size)), mtime=int(info.mtime))
+            continue
+        yield tar_header(info)
+        size = remaining = info.size if carries_data(info) else 0
+        while remaining:
+            block = data.read(min(remaining, SAVE_CHUNK))
+            if not block:
+                raise IntegrityError(f"the archive ends inside {name}")
+            remaining -= len(block)
+            yield block
+        yield bytes(padding(size))
+    yield END_OF_ARCHIVE
 
 
 def load_error(detail: str) -> EnvkitError:

@@ -10,7 +10,7 @@ mtimes and owners.
 
 from __future__ import annotations
 
-import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -26,17 +26,20 @@ import docker.errors
 from envkit import platforms
 from envkit.atomic import open_atomic
 from envkit.digests import sha256_file, sha256_stream
-from envkit.engine.client import find_image, inspect_image
-from envkit.engine.dockerarchive import load_archive
+from envkit.engine.client import find_image, inspect_image, tag_image
+from envkit.engine.dockerarchive import load_archive, without_tags
 from envkit.errors import IntegrityError, NetworkError, UsageError
 from envkit.events import Event, Show, done, drain, phases
 from envkit.jsonio import pretty_text
-from envkit.record.manifest import Manifest, parse_manifest
+from envkit.record.manifest import Manifest, parse_manifest, read_manifest_bytes
 from envkit.record.offline import DirStore, PackageServer, assert_cut_off, internal_network, outside_addresses
+from envkit.record.signing import BUNDLE_NAMESPACE, MANIFEST_NAMESPACE, Trust, read_signature, sign, verify
+from envkit.untrusted import UntrustedError, decode, load_json
 
 BUNDLE_SCHEMA = 1
 INDEX_NAME = "envkit-bundle.json"
 MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "envkit-bundle.json.sig"  # an SSH signature of the index (bundle --sign)
 BASE_NAME = "base/image.tar"
 CHUNK = 1 << 20
 
@@ -148,6 +151,63 @@ class BundleIndex:
         )})
 
 
+# A member of a bundle: relative, plain segments, nothing that climbs out or hides.
+_SEGMENT = r"[A-Za-z0-9_+~@=][A-Za-z0-9._+~@=%\-]{0,254}"
+MEMBER_RE = re.compile(rf"(?:{_SEGMENT}/){{0,8}}{_SEGMENT}")
+MAX_INDEX_BYTES = 16 << 20
+_INDEX_KEYS = (
+    "schema_version", "manifest_digest", "image_id", "base_ref", "base_image_id", "files", "wheels",
+)
+
+
+def parse_index(raw: bytes, where: str) -> BundleIndex:
+    """The bundle index, every field by its grammar: exit 5 for a damaged one, 2 for a newer schema."""
+    from envkit.lock.grammar import SHA256_DIGEST_RE, SHA256_HEX_RE
+    from envkit.record.manifest import IMAGE_TAG_REF_RE, WHEEL_FILENAME_RE
+
+    def bad(problem: str) -> IntegrityError:
+        return IntegrityError(f"{where}: {INDEX_NAME} {problem}")
+
+    if len(raw) > MAX_INDEX_BYTES:
+        raise bad(f"is larger than {MAX_INDEX_BYTES >> 20} MB")
+    try:
+        data = load_json(decode(raw))
+    except UntrustedError as exc:
+        raise bad(f"is unreadable: {exc}") from None
+    if not isinstance(data, dict):
+        raise bad("is not an object")
+    version = data.get("schema_version")
+    if type(version) is not int:
+        raise bad("has no schema_version")
+    if version > BUNDLE_SCHEMA:
+        raise UsageError(f"{where} is bundle schema {version}; this envkit reads up to {BUNDLE_SCHEMA}")
+    if set(data) != set(_INDEX_KEYS):
+        raise bad(f"has keys {sorted(map(str, data))}, expected {sorted(_INDEX_KEYS)}")
+    for key in ("manifest_digest", "image_id", "base_image_id"):
+        if not isinstance(data[key], str) or not SHA256_DIGEST_RE.fullmatch(data[key]):
+            raise bad(f"{key} is not a sha256 digest")
+    if not isinstance(data["base_ref"], str) or not IMAGE_TAG_REF_RE.fullmatch(data["base_ref"]):
+        raise bad("base_ref is not an image repository:tag")
+    files, wheels = data["files"], data["wheels"]
+    if not isinstance(files, dict) or not isinstance(wheels, dict):
+        raise bad("files and wheels must be objects")
+    for name, info in files.items():
+        if not MEMBER_RE.fullmatch(name) or ".." in name.split("/") or name in (INDEX_NAME, MANIFEST_NAME):
+            raise bad(f"lists a member with a name a bundle cannot hold: {name[:80]!r}")
+        if (not isinstance(info, dict) or set(info) != {"sha256", "size"}
+                or not isinstance(info["sha256"], str) or not SHA256_HEX_RE.fullmatch(info["sha256"])
+                or type(info["size"]) is not int or info["size"] < 0):
+            raise bad(f"entry of {name} is not {{sha256: 64 hex, size: bytes}}")
+    for name, digest in wheels.items():
+        if not WHEEL_FILENAME_RE.fullmatch(name) or f"wheels/{name}" not in files:
+            raise bad(f"lists a wheel that is not a wheel file of the bundle: {name[:80]!r}")
+        if digest != files[f"wheels/{name}"]["sha256"]:
+            raise bad(f"gives {name} two different sha256 digests")
+    if BASE_NAME not in files:
+        raise bad(f"lists no {BASE_NAME}")
+    return BundleIndex.from_json(data)
+
+
 def _members(root: Path) -> Iterator[tuple[str, Path]]:
     for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
         yield path.relative_to(root).as_posix(), path
@@ -161,14 +221,23 @@ def _add(tar: tarfile.TarFile, name: str, size: int, mtime: int, source: Any) ->
     tar.addfile(info, source)
 
 
-def write_bundle(output: Path, manifest_text: str, index: BundleIndex, root: Path, epoch: int) -> None:
-    """The bundle tar, written atomically: the old file survives any failure."""
+def write_bundle(
+    output: Path, manifest_text: str, index: BundleIndex, root: Path, epoch: int, *,
+    sign_key: Path | None = None,
+) -> None:
+    """The bundle tar, written atomically: the old file survives any failure.
+
+    With ``sign_key`` the index (the manifest's digest and every member's sha256) is signed and
+    the signature is the third member.
+    """
     index_text = pretty_text(index.to_json())
+    heads = [(INDEX_NAME, index_text.encode()), (MANIFEST_NAME, manifest_text.encode())]
+    if sign_key is not None:
+        heads.append((SIGNATURE_NAME, sign(heads[0][1], sign_key, BUNDLE_NAMESPACE)))
     with open_atomic(output) as handle, tarfile.open(
         fileobj=handle, mode="w", format=tarfile.PAX_FORMAT
     ) as tar:
-        for name, text in ((INDEX_NAME, index_text), (MANIFEST_NAME, manifest_text)):
-            data = text.encode()
+        for name, data in heads:
             _add(tar, name, len(data), epoch, _Bytes(data))
         for name, path in _members(root):
             with path.open("rb") as source:
@@ -185,19 +254,44 @@ class _Bytes:
         return chunk
 
 
-def make_bundle(client: docker.DockerClient, manifest_path: Path, output: Path) -> BundleIndex:
+def make_bundle(
+    client: docker.DockerClient, manifest_path: Path, output: Path, *, sign_key: Path | None = None,
+    trust: Trust | None = None,
+) -> BundleIndex:
     """Gather what an offline restore of ``manifest_path`` needs into ``output``."""
-    return drain(bundle_events(client, manifest_path, output))
+    return drain(bundle_events(client, manifest_path, output, sign_key=sign_key, trust=trust))
 
 
-def bundle_events(client: docker.DockerClient, manifest_path: Path, output: Path) -> Iterator[Event]:
+def read_trusted_manifest(path: Path, trust: Trust | None) -> tuple[bytes, Manifest]:
+    """A manifest file's bytes and model; with ``trust``, its detached signature checked first (exit 5)."""
+    raw = read_manifest_bytes(path)
+    if trust is not None:
+        verify(raw, read_signature(path), trust, MANIFEST_NAMESPACE, str(path))
+    return raw, parse_manifest(raw, str(path))
+
+
+def _work_dir(output: Path) -> tempfile.TemporaryDirectory[str]:
+    """The one place a bundle run writes before the bundle itself: a temporary directory beside it."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.TemporaryDirectory(prefix=".envkit-bundle-", dir=output.parent)
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}",
+                         hint="choose a place you can write to") from None
+
+
+def bundle_events(
+    client: docker.DockerClient, manifest_path: Path, output: Path, *, sign_key: Path | None = None,
+    trust: Trust | None = None,
+) -> Iterator[Event]:
     """``make_bundle`` as progress events; the last one carries the BundleIndex."""
+    from envkit.atomic import check_output_path
     from envkit.image.base import ensure_base
     from envkit.image.build import TOOLS_LOCK
     from envkit.record.snapshot import plan_from_manifest
 
-    manifest_text = Path(manifest_path).read_text(encoding="utf-8")
-    manifest = parse_manifest(manifest_text, str(manifest_path))
+    raw, manifest = read_trusted_manifest(Path(manifest_path), trust)
+    manifest_text = raw.decode("utf-8")
     if manifest.lock is None:
         raise UsageError(f"{manifest_path} carries no lock: only locked images can be bundled")
     if manifest.drift is not None:
@@ -206,8 +300,8 @@ def bundle_events(client: docker.DockerClient, manifest_path: Path, output: Path
             hint="bundle the manifest of the container's image (envkit snapshot IMAGE) instead",
         )
     output = Path(output).absolute()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".envkit-bundle-", dir=output.parent) as tmp:
+    check_output_path(output)
+    with _work_dir(output) as tmp:
         root = Path(tmp) / "members"
         plan = plan_from_manifest(manifest, ca_bundle=None)
         if plan.base_plan is not None:
@@ -238,7 +332,7 @@ def bundle_events(client: docker.DockerClient, manifest_path: Path, output: Path
         )
         mirror_files = sum(name.startswith("apt/") for name in files)
         yield Event("phase", f"writing {output.name}: {len(wheels)} wheels, {mirror_files} mirror files")
-        write_bundle(output, manifest_text, index, root, manifest.source_date_epoch)
+        write_bundle(output, manifest_text, index, root, manifest.source_date_epoch, sign_key=sign_key)
     yield done(f"wrote {output}", index)
 
 
@@ -247,6 +341,7 @@ class OpenBundle:
     path: Path
     index: BundleIndex
     manifest_text: str
+    signer: str | None = None  # who signed the index, when a restore was given --trust
 
 
 def is_bundle(path: Path) -> bool:
@@ -259,9 +354,13 @@ def is_bundle(path: Path) -> bool:
         return False
 
 
-def open_bundle(path: Path, *, show: Show | None = None) -> OpenBundle:
+def open_bundle(path: Path, *, show: Show | None = None, trust: Trust | None = None) -> OpenBundle:
     """Read a bundle's index and manifest and check every member against its sha256 (exit 5);
-    progress goes to ``show`` as phase events."""
+    progress goes to ``show`` as phase events.
+
+    With ``trust`` the index's signature is checked first (exit 5 when missing or wrong); the
+    index binds the manifest (by digest) and every member (by sha256).
+    """
     say = phases(show)
     try:
         tar = tarfile.open(path, "r:")
@@ -269,23 +368,34 @@ def open_bundle(path: Path, *, show: Show | None = None) -> OpenBundle:
         raise IntegrityError(f"{path} is not a readable bundle: {exc}") from None
     try:
         with tar:
-            return _check_bundle(Path(path), tar, say)
+            return _check_bundle(Path(path), tar, say, trust)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise IntegrityError(f"{path} is damaged or truncated: {exc}") from None
 
 
-def _check_bundle(path: Path, tar: tarfile.TarFile, say: Say) -> OpenBundle:
-    members = {m.name: m for m in tar.getmembers() if m.isfile()}
+def _check_bundle(path: Path, tar: tarfile.TarFile, say: Say, trust: Trust | None) -> OpenBundle:
+    members: dict[str, tarfile.TarInfo] = {}
+    for member in tar.getmembers():
+        if member.name in members:
+            raise IntegrityError(f"{path} holds {member.name[:80]!r} twice: not a bundle envkit wrote")
+        if member.isfile():
+            members[member.name] = member
     if INDEX_NAME not in members or MANIFEST_NAME not in members:
         raise IntegrityError(f"{path} has no {INDEX_NAME} or {MANIFEST_NAME}: not an envkit bundle")
-    data = json.loads(_read(tar, members[INDEX_NAME]))
-    if int(data.get("schema_version", 0)) > BUNDLE_SCHEMA:
-        raise UsageError(
-            f"{path} is bundle schema {data.get('schema_version')}; "
-            f"this envkit reads up to {BUNDLE_SCHEMA}"
-        )
-    index = BundleIndex.from_json(data)
-    manifest_text = _read(tar, members[MANIFEST_NAME]).decode()
+    if members[INDEX_NAME].size > MAX_INDEX_BYTES:
+        raise IntegrityError(f"{path}: {INDEX_NAME} is larger than {MAX_INDEX_BYTES >> 20} MB")
+    raw_index = _read(tar, members[INDEX_NAME])
+    signer = None
+    if trust is not None:
+        signature = _read(tar, members[SIGNATURE_NAME]) if SIGNATURE_NAME in members else None
+        signer = verify(raw_index, signature, trust, BUNDLE_NAMESPACE, str(path))
+    index = parse_index(raw_index, str(path))
+    if members[MANIFEST_NAME].size > MAX_INDEX_BYTES * 4:
+        raise IntegrityError(f"{path}: {MANIFEST_NAME} is too large to be a manifest")
+    try:
+        manifest_text = decode(_read(tar, members[MANIFEST_NAME]))
+    except UntrustedError as exc:
+        raise IntegrityError(f"{path}: {MANIFEST_NAME} is {exc}") from None
     say(f"checking {len(index.files)} files of {path.name}")
     for name, info in sorted(index.files.items()):
         member = members.get(name)
@@ -293,7 +403,15 @@ def _check_bundle(path: Path, tar: tarfile.TarFile, say: Say) -> OpenBundle:
             raise IntegrityError(f"{path} lacks {name}, which its index lists (truncated?)")
         if _member_sha256(tar, member) != info["sha256"]:
             raise IntegrityError(f"{path}: {name} does not match its sha256 (edited or damaged)")
-    return OpenBundle(path=path, index=index, manifest_text=manifest_text)
+    return OpenBundle(path=path, index=index, manifest_text=manifest_text, signer=signer)
+
+
+def bundle_manifest(bundle: OpenBundle) -> Manifest:
+    """The bundle's manifest, checked and bound to its index (exit 5 when it is not the one indexed)."""
+    manifest = parse_manifest(bundle.manifest_text, f"{bundle.path}:{MANIFEST_NAME}")
+    if manifest.digest != bundle.index.manifest_digest:
+        raise IntegrityError(f"{bundle.path}: its manifest is not the one its index was made for")
+    return manifest
 
 
 def _member_sha256(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
@@ -319,13 +437,20 @@ def load_base(client: docker.DockerClient, bundle: OpenBundle) -> Iterator[Event
         raise IntegrityError(f"{ref} on this engine is {present}, the bundle's base is {expected}",
                              hint=f"remove the local {ref} and restore again")
     yield Event("phase", f"base: loading {ref} from the bundle")
+    # Loaded with every tag the archive names removed: loading moves no tag on this engine.
     with tarfile.open(bundle.path, "r:") as tar:
         source = tar.extractfile(BASE_NAME)
-        assert source is not None
-        load_archive(client, iter(lambda: source.read(CHUNK), b""))
+        if source is None:
+            raise IntegrityError(f"{bundle.path} lacks {BASE_NAME}")
+        load_archive(client, without_tags(iter(lambda: source.read(CHUNK), b"")))
+    if find_image(client, expected) is None:
+        raise IntegrityError(f"the bundle's base did not load as {expected}, the ID its index records")
+    # Checked free above; tagged only now that the loaded image is the one the index records.
+    if find_image(client, ref) is None:
+        tag_image(client, expected, ref)
     loaded = inspect_image(client, ref)["Id"]
     if loaded != expected:
-        raise IntegrityError(f"the bundle's base loaded as {loaded}, its index records {expected}")
+        raise IntegrityError(f"{ref} is {loaded}, the bundle's base is {expected}")
 
 
 def restore_offline_events(

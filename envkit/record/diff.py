@@ -30,6 +30,7 @@ from envkit.engine.dockerarchive import read_saved, save_stream
 from envkit.engine.tarstream import COPY_CHUNK, iter_tar, normalize_name
 from envkit.errors import UsageError
 from envkit.record.manifest import Manifest, read_manifest
+from envkit.untrusted import clean
 
 SUMMARY_LIMIT = 10
 _METADATA_MAX = 1 << 20
@@ -526,26 +527,32 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True)
-    return str(value)
+        return clean(json.dumps(value, sort_keys=True))
+    return clean(value)
 
 
 def _describe(entry: FileEntry) -> str:
     if entry.kind == "file":
         return f"{entry.size} B sha256:{(entry.sha256 or '')[:12]}"
     if entry.link:
-        return f"{entry.kind} -> {entry.link}"
+        return f"{entry.kind} -> {clean(entry.link)}"
     return f"{entry.kind} mode {entry.mode:o} uid {entry.uid}"
 
 
 def render(diff: ImageDiff, console: Any) -> None:
     """Print a diff with a rich Console."""
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
+    # Names, paths and values come from images and files other people made: cleaned of control
+    # and escape sequences, and never read as rich markup.
+    a, b = escape(clean(diff.a)), escape(clean(diff.b))
+    a_id, b_id = escape(clean(diff.a_id or "-")), escape(clean(diff.b_id or "-"))
     if diff.identical:
-        console.print(f"[green]identical[/]: {diff.a} and {diff.b} are {diff.a_id}")
+        console.print(f"[green]identical[/]: {a} and {b} are {a_id}")
         return
-    console.print(f"[bold]{diff.a}[/] ({diff.a_id or '-'})  vs  [bold]{diff.b}[/] ({diff.b_id or '-'})")
+    console.print(f"[bold]{a}[/] ({a_id})  vs  [bold]{b}[/] ({b_id})")
     sections = (
         ("Config", diff.config),
         ("Labels", diff.labels),
@@ -564,39 +571,42 @@ def render(diff: ImageDiff, console: Any) -> None:
             table.add_column("a", overflow="fold")
             table.add_column("b", overflow="fold")
             for change in shown:
-                table.add_row(change.key, change.kind, _fmt(change.a), _fmt(change.b))
+                table.add_row(*(Text(cell) for cell in (clean(change.key), change.kind, _fmt(change.a),
+                                                        _fmt(change.b))))
             console.print(table)
         else:  # plain lines, one per change, for logs and pipes
             console.print(f"{title} ({len(changes)}):", markup=False)
             for change in shown:
-                console.print(f"  {change.kind:<8} {change.key}: {_fmt(change.a)} -> {_fmt(change.b)}",
+                console.print(f"  {change.kind:<8} {clean(change.key)}: {_fmt(change.a)} -> {_fmt(change.b)}",
                               markup=False, soft_wrap=True)
         if len(shown) < len(changes):
             console.print(f"  ... {len(changes) - len(shown)} more (--files or --json for all)")
     for layer in diff.layers:
         if layer.same:
-            console.print(f"layer {layer.index}: same ({(layer.a_digest or '')[7:19]})")
+            console.print(f"layer {layer.index}: same ({clean((layer.a_digest or '')[7:19])})", markup=False)
             continue
-        short_a = (layer.a_digest or "-")[7:19] or "-"
-        short_b = (layer.b_digest or "-")[7:19] or "-"
+        short_a = clean((layer.a_digest or "-")[7:19]) or "-"
+        short_b = clean((layer.b_digest or "-")[7:19]) or "-"
         if not layer.files_available:
-            console.print(f"layer {layer.index}: {short_a} -> {short_b} (no file lists)")
+            console.print(f"layer {layer.index}: {short_a} -> {short_b} (no file lists)", markup=False)
             continue
         c = layer.counts
         console.print(
             f"layer {layer.index}: {short_a} -> {short_b}: {c.get('added', 0)} added, "
             f"{c.get('removed', 0)} removed, {c.get('changed', 0)} changed"
-            + (f", {layer.mtime_only} differ only in mtime" if layer.mtime_only else "")
+            + (f", {layer.mtime_only} differ only in mtime" if layer.mtime_only else ""),
+            markup=False,
         )
         for mark, entries in (("+", layer.added), ("-", layer.removed)):
             for entry in entries:
-                console.print(f"  {mark} {entry.path}  {_describe(entry)}", markup=False, soft_wrap=True)
+                line = f"  {mark} {clean(entry.path)}  {_describe(entry)}"
+                console.print(line, markup=False, soft_wrap=True)
         for change in layer.changed:
-            console.print(f"  ~ {change.path}  {_describe(change.a)} -> {_describe(change.b)}",
+            console.print(f"  ~ {clean(change.path)}  {_describe(change.a)} -> {_describe(change.b)}",
                           markup=False, soft_wrap=True)
         hidden = sum(c.values()) - len(layer.added) - len(layer.removed) - len(layer.changed)
         if hidden > 0:
             console.print(f"  ... {hidden} more (--files for all)")
     for note in diff.notes:
-        console.print(f"note: {note}")
-    console.print(diff.headline())
+        console.print(f"note: {clean(note)}", markup=False)
+    console.print(clean(diff.headline()), markup=False)

@@ -34,6 +34,7 @@ import requests.exceptions
 from packaging.tags import compatible_tags, cpython_tags
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
+from pydantic import ValidationError
 
 from envkit import labels, platforms
 from envkit.engine.client import tag_image
@@ -324,15 +325,22 @@ def snapshot_container(
     tags = image_tags(base.stack.python or "3.11", glibc_version(base.apt_packages),
                       machine(base.spec.platform))
     wheels = lock_changes(changes, tags, session or http_session())
-    drift = Drift(
-        container_id=container.id,
-        container_name=container.name,
-        wheels=wheels,
-        removed=changes.removed,
-        python_packages=dict(sorted(_versions(found["python"]).items())),
-        apt_changes=apt_changes(base.apt_packages, dict(found.get("apt") or {})),
-        docker_diff=diff_counts(client, container.id),
-    )
+    try:
+        drift = Drift(
+            container_id=container.id,
+            container_name=container.name,
+            wheels=wheels,
+            removed=changes.removed,
+            python_packages=dict(sorted(_versions(found["python"]).items())),
+            apt_changes=apt_changes(base.apt_packages, dict(found.get("apt") or {})),
+            docker_diff=diff_counts(client, container.id),
+        )
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        raise IntegrityError(
+            f"the container holds a value a manifest refuses: {where}: {problem['msg']}"
+        ) from None
     return seal_manifest(base.model_copy(update={"drift": drift}))
 
 
@@ -341,12 +349,31 @@ def snapshot_container(
 
 
 def drift_tag(manifest: Manifest, tag: str | None) -> str:
-    """``--tag``, else the base image's tag with ``-drift`` added."""
+    """``--tag``, else the spec's tag with ``-drift`` added (never a tag the file names)."""
     if tag:
         return tag
-    base = manifest.image.tags[0] if manifest.image.tags else manifest.spec.image_tag
+    base = manifest.spec.image_tag
     repo, _, tag_part = base.rpartition(":")
     return f"{repo}:{tag_part[:122]}-drift"
+
+
+def drift_restore_tag(client: docker.DockerClient, manifest: Manifest, tag: str | None, *,
+                      force: bool = False) -> str:
+    """The drift image's tag, refused (exit 2) when it names an image that is not this drift's."""
+    from envkit.engine.client import find_image
+
+    target = drift_tag(manifest, tag)
+    present = find_image(client, target)
+    drift = manifest.drift
+    if present is not None and drift is not None and not force:
+        found = ((present.get("Config") or {}).get("Labels") or {}).get(DRIFT_LABEL)
+        if found != drift.digest() and present.get("Id") != manifest.image.id:
+            other = str(present.get("Id"))[:19]
+            raise UsageError(
+                f"{target} already names another image ({other}); restore will not move it",
+                hint="choose another --tag, or pass --force to move it",
+            )
+    return target
 
 
 def download_wheels(wheels: list[LockedWheel], session: requests.Session) -> dict[str, bytes]:

@@ -8,21 +8,86 @@ truncated manifest is refused (exit 5) before anything is built, diffed or bundl
 
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+from packaging.version import Version
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from envkit import __version__
 from envkit.atomic import write_text
 from envkit.errors import IntegrityError, UsageError
 from envkit.jsonio import canonical_digest, pretty_text
+from envkit.lock import grammar
 from envkit.lock.python import LockFile
 from envkit.spec.model import ImageSpec
+from envkit.untrusted import UntrustedError, bad_char, check_inert, decode, load_json
 
 # 2 added the optional `drift` (a running container's changes, `snapshot --container`); 1 still reads.
 SCHEMA_VERSION = 2
+
+
+# The biggest manifest envkit reads; real ones are a few hundred KB.
+MAX_MANIFEST_BYTES = 64 << 20
+
+# What each field may hold. Every manifest is read as hostile: a value reaches a Dockerfile
+# (source, drift), a tag, a path or an engine call only after its pattern has matched.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_TAG_REF_RE = re.compile(
+    rf"(?:[A-Za-z0-9][A-Za-z0-9.\-]*(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*:[A-Za-z0-9_][A-Za-z0-9_.\-]{{0,127}}"
+)
+# The catalog file an image came from, as the Dockerfile's header comment names it.
+SOURCE_RE = re.compile(r"[A-Za-z0-9._+@/~:\-][A-Za-z0-9._+@/~:\- ]{0,511}")
+CONTAINER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}")
+CONTAINER_ID_RE = re.compile(r"[0-9a-f]{64}")
+# Versions as an image reports them (installed METADATA, labels): kept and compared, never run.
+LOOSE_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+!_\-]{0,127}")
+ARCH_RE = re.compile(r"[A-Za-z0-9_.+]{1,32}")
+LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/\-]{0,255}")
+ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=.*", re.DOTALL)
+WHEEL_FILENAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+!\-]*\.whl")
+MAX_TEXT = 4096
+
+
+def _text(value: str, what: str, *, limit: int = MAX_TEXT) -> str:
+    """Free text kept as data (messages, label values): bounded, no control characters."""
+    char = bad_char(value)
+    if char is not None:
+        raise ValueError(f"{what} holds the control character {char!r}")
+    if len(value) > limit:
+        raise ValueError(f"{what} is longer than {limit} characters")
+    return value
+
+
+def _matches(pattern: re.Pattern[str], value: str, what: str) -> str:
+    if not pattern.fullmatch(value):
+        raise ValueError(f"{value[:80]!r} is not {what}")
+    return value
+
+
+def check_image_tag(value: str) -> str:
+    return _matches(IMAGE_TAG_REF_RE, value, "an image repository:tag")
+
+
+def _digest(value: str) -> str:
+    return _matches(grammar.SHA256_DIGEST_RE, value, "a sha256:<64 hex> digest")
+
+
+def _loose_version(value: str | None) -> str | None:
+    return None if value is None else _matches(LOOSE_VERSION_RE, value, "a version")
+
+
+def _pep440(value: str | None) -> str | None:
+    return None if value is None else grammar.check_python_version(value)
+
+
+def _python_names(value: dict[str, Any]) -> dict[str, Any]:
+    for name in value:
+        grammar.check_python_name(name)
+    return value
 
 
 class _Strict(BaseModel):
@@ -32,8 +97,23 @@ class _Strict(BaseModel):
 class ImageRecord(_Strict):
     id: str
     layers: list[str]
-    tags: list[str]
-    size: int
+    tags: list[str]  # kept as a record of where the image was; never used to choose a local tag
+    size: int = Field(ge=0)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return _digest(value)
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, value: list[str]) -> list[str]:
+        return [_digest(layer) for layer in value]
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        return [check_image_tag(tag) for tag in value]
 
 
 class PythonPackage(_Strict):
@@ -41,6 +121,26 @@ class PythonPackage(_Strict):
     record_sha256: str | None = None
     lock_version: str | None = None
     lock_hashes: list[str] = Field(default_factory=list)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str | None) -> str | None:
+        return _loose_version(value)
+
+    @field_validator("lock_version")
+    @classmethod
+    def _lock_version(cls, value: str | None) -> str | None:
+        return _pep440(value)
+
+    @field_validator("record_sha256")
+    @classmethod
+    def _record(cls, value: str | None) -> str | None:
+        return None if value is None else _digest(value)
+
+    @field_validator("lock_hashes")
+    @classmethod
+    def _hashes(cls, value: list[str]) -> list[str]:
+        return [grammar.check_sha256_hex(item) for item in value]
 
 
 class StackVersions(_Strict):
@@ -50,6 +150,16 @@ class StackVersions(_Strict):
     nccl: str | None
     python: str | None
     arch_list: list[str]
+
+    @field_validator("torch", "cuda", "cudnn", "nccl", "python")
+    @classmethod
+    def _versions(cls, value: str | None) -> str | None:
+        return None if value in (None, "") else _loose_version(value)
+
+    @field_validator("arch_list")
+    @classmethod
+    def _arch(cls, value: list[str]) -> list[str]:
+        return [_matches(ARCH_RE, arch, "a GPU architecture") for arch in value]
 
 
 class LockedWheel(_Strict):
@@ -61,6 +171,52 @@ class LockedWheel(_Strict):
     filename: str
     url: str
     sha256: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return grammar.check_python_name(value)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        return grammar.check_python_version(value)
+
+    @field_validator("image_version")
+    @classmethod
+    def _image_version(cls, value: str | None) -> str | None:
+        return _loose_version(value)
+
+    @field_validator("filename")
+    @classmethod
+    def _filename(cls, value: str) -> str:
+        _matches(WHEEL_FILENAME_RE, value, "a wheel file name")
+        try:
+            parse_wheel_filename(value)
+        except (InvalidWheelFilename, ValueError):
+            raise ValueError(f"{value!r} is not a wheel file name") from None
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        _text(value, "url", limit=2048)
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname or " " in value:
+            raise ValueError(f"{value[:80]!r} is not an https URL")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256(cls, value: str) -> str:
+        return _digest(value)
+
+    @model_validator(mode="after")
+    def _wheel_matches(self) -> LockedWheel:
+        wheel_name, wheel_version, _, _ = parse_wheel_filename(self.filename)
+        if wheel_name != self.name or wheel_version != Version(self.version):
+            raise ValueError(f"{self.filename} is not a wheel of {self.name} {self.version}")
+        return self
 
 
 class DiffCounts(_Strict):
@@ -81,6 +237,28 @@ class Drift(_Strict):
     python_packages: dict[str, str]  # the container's whole Python set, name -> version
     apt_changes: list[str] = Field(default_factory=list)
     docker_diff: DiffCounts
+
+    @field_validator("container_id")
+    @classmethod
+    def _container_id(cls, value: str) -> str:
+        return _matches(CONTAINER_ID_RE, value, "a container ID (64 hex digits)")
+
+    @field_validator("container_name")
+    @classmethod
+    def _container_name(cls, value: str) -> str:
+        return _matches(CONTAINER_NAME_RE, value, "a container name")
+
+    @field_validator("removed", "python_packages")
+    @classmethod
+    def _packages(cls, value: dict[str, str]) -> dict[str, str]:
+        for version in _python_names(value).values():
+            _loose_version(version)
+        return value
+
+    @field_validator("apt_changes")
+    @classmethod
+    def _apt_changes(cls, value: list[str]) -> list[str]:
+        return [_text(line, "apt change", limit=512) for line in value]
 
     def digest(self) -> str:
         return canonical_digest(self.model_dump(mode="json"))
@@ -113,6 +291,78 @@ class Manifest(_Strict):
         """Manifests written before the lock was typed record "no lock" as ``{}``."""
         return None if value == {} else value
 
+    @field_validator("envkit_version")
+    @classmethod
+    def _envkit_version(cls, value: str) -> str:
+        return _matches(LOOSE_VERSION_RE, value, "a version")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        return _matches(SOURCE_RE, value, "a spec file path (letters, digits, . _ + @ / ~ : - and spaces)")
+
+    @field_validator("spec_digest")
+    @classmethod
+    def _spec_digest(cls, value: str) -> str:
+        return _digest(value)
+
+    @field_validator("digest")
+    @classmethod
+    def _self_digest(cls, value: str) -> str:
+        return value if value == "" else _digest(value)
+
+    @field_validator("base")
+    @classmethod
+    def _base(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, item in value.items():
+            if not isinstance(item, str):
+                raise ValueError(f"base.{key} is not a string")
+            _text(item, f"base.{key}", limit=512)
+        ref = value.get("ref")
+        if ref and not (IMAGE_TAG_REF_RE.fullmatch(ref) or "@sha256:" in ref and " " not in ref):
+            raise ValueError(f"base.ref {ref[:80]!r} is not an image reference")
+        for key in ("image_id", "rootfs"):
+            if value.get(key):
+                _digest(value[key])
+        return value
+
+    @field_validator("apt_packages")
+    @classmethod
+    def _apt(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, version in value.items():
+            grammar.check_debian_name(name)
+            if version:
+                grammar.check_debian_version(version)
+        return value
+
+    @field_validator("python_packages")
+    @classmethod
+    def _python(cls, value: dict[str, PythonPackage]) -> dict[str, PythonPackage]:
+        return _python_names(value)
+
+    @field_validator("lock_mismatches")
+    @classmethod
+    def _mismatches(cls, value: list[str]) -> list[str]:
+        return [_text(line, "lock mismatch", limit=1024) for line in value]
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: list[str]) -> list[str]:
+        return [_matches(ENV_RE, _text(item, "env entry", limit=32768), "NAME=value") for item in value]
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            _matches(LABEL_KEY_RE, key, "a label key")
+            _text(item, f"label {key}", limit=32768)
+        return value
+
+    @field_validator("host", "verify_report")
+    @classmethod
+    def _inert(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else check_inert(value)
+
 
 def content_digest(data: dict[str, Any]) -> str:
     """The digest a manifest records: over its canonical JSON, the ``digest`` field left out."""
@@ -134,21 +384,31 @@ def write_manifest(path: Path, manifest: Manifest) -> None:
     write_text(path, manifest_text(manifest))
 
 
+def read_manifest_bytes(path: Path) -> bytes:
+    """A manifest file's bytes (size-capped): read once, so a signature and the parse see the same."""
+    try:
+        with Path(path).open("rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise IntegrityError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MB: not a manifest")
+    return data
+
+
 def read_manifest(path: Path) -> Manifest:
     """Load a manifest, refusing a newer schema (exit 2) or content that does not match its digest (5)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read manifest {path}: {exc.strerror}") from None
-    return parse_manifest(text, str(path))
+    return parse_manifest(read_manifest_bytes(path), str(path))
 
 
-def parse_manifest(text: str, path: str) -> Manifest:
+def parse_manifest(text: str | bytes, path: str) -> Manifest:
     """A manifest from its JSON text; ``path`` names where it came from in messages."""
     try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise IntegrityError(f"{path} is not valid JSON (truncated or edited?): {exc}") from None
+        if isinstance(text, bytes):
+            text = decode(text)
+        data = load_json(text)
+    except UntrustedError as exc:
+        raise IntegrityError(f"{path} is not a manifest (truncated or edited?): {exc}") from None
     if not isinstance(data, dict):
         raise IntegrityError(f"{path} is not a manifest object")
     version = data.get("schema_version")
@@ -173,4 +433,20 @@ def parse_manifest(text: str, path: str) -> Manifest:
         where = ".".join(str(part) for part in problem["loc"])
         raise IntegrityError(
             f"{path} does not follow manifest schema {version}: {where}: {problem['msg']}"
+        ) from None
+
+
+def build_manifest(**fields: Any) -> Manifest:
+    """A manifest from what an image or container reports (snapshot); sealed.
+
+    An image whose records a manifest would refuse (a control character in a label, a name no
+    package tool would write) cannot be snapshotted: exit 5, naming the field.
+    """
+    try:
+        return seal_manifest(Manifest(**fields))
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        raise IntegrityError(
+            f"the image holds a value a manifest refuses: {where}: {problem['msg']}"
         ) from None

@@ -24,6 +24,7 @@ from envkit.record.manifest import (
     Manifest,
     PythonPackage,
     StackVersions,
+    build_manifest,
     content_digest,
     parse_manifest,
     read_manifest,
@@ -136,7 +137,7 @@ def snapshot(
     found = collect_packages(client, attrs["Id"])
     packages, mismatches = python_packages_against_lock(found["python"], lock)
     arch = image_labels.get(labels.ARCH_LIST, "")
-    manifest = Manifest(
+    return build_manifest(
         schema_version=SCHEMA_VERSION,
         envkit_version=__version__,
         source=source,
@@ -167,7 +168,6 @@ def snapshot(
         host=host,
         verify_report=verify_report,
     )
-    return seal_manifest(manifest)
 
 
 def plan_from_manifest(manifest: Manifest, **options: Any) -> Any:
@@ -187,6 +187,29 @@ def plan_from_manifest(manifest: Manifest, **options: Any) -> Any:
     ref = SpecRef(spec=manifest.spec, path=Path(manifest.source), display=manifest.source)
     options.setdefault("source", manifest.source)
     return plan_for_spec(ref, manifest.lock, **options)
+
+
+def restore_tag(
+    client: docker.DockerClient, manifest: Manifest, tag: str | None, *, force: bool = False,
+    expected_id: str | None = None,
+) -> str:
+    """The tag a restore may move: ``--tag``, or the one the manifest's validated spec derives.
+
+    ``manifest.image.tags`` is never used: a file does not choose which local tag moves. A tag
+    that already names another image (not ``expected_id``, default the manifest's image) is
+    refused (exit 2) unless ``force``.
+    """
+    from envkit.engine.client import find_image
+
+    target = tag or manifest.spec.image_tag
+    expected = expected_id or manifest.image.id
+    present = find_image(client, target)
+    if present is not None and present.get("Id") != expected and not force:
+        raise UsageError(
+            f"{target} already names another image ({str(present.get('Id'))[:19]}); restore will not move it",
+            hint="choose another --tag, or pass --force to move it",
+        )
+    return target
 
 
 def restore_events(
@@ -212,7 +235,8 @@ def restore_events(
     if offline_index is not None:
         options.update(ca_bundle=None, environ={}, offline_index=offline_index)
     plan = plan_from_manifest(manifest, **options)
-    target = tag or (manifest.image.tags[0] if manifest.image.tags else plan.tag)
+    # Never a tag the file names (image.tags): --tag, or the one the validated spec derives.
+    target = tag or plan.tag
     yield from build_image(
         client, plan, tag=target, nocache=nocache, network_mode=network_mode, buildargs=buildargs
     )

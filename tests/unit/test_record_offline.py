@@ -119,23 +119,29 @@ def test_wheel_platforms_go_from_the_suites_glibc_down() -> None:
         wheel_platforms("windows/amd64", "bookworm")
 
 
-def _bundle(tmp_path: Path) -> Path:
+M_DIGEST = "sha256:" + "3" * 64
+
+
+def _bundle(tmp_path: Path, sign_key: Path | None = None) -> Path:
     root = tmp_path / "members"
     (root / "wheels").mkdir(parents=True)
     (root / "wheels" / "a-1-py3-none-any.whl").write_bytes(b"wheel-a")
     (root / "apt" / "deb.debian.org").mkdir(parents=True)
     (root / "apt" / "deb.debian.org" / "x.deb").write_bytes(b"deb-x")
+    (root / "base").mkdir()
+    (root / "base" / "image.tar").write_bytes(b"base")
     files = {
         name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-        for name, data in (("wheels/a-1-py3-none-any.whl", b"wheel-a"), ("apt/deb.debian.org/x.deb", b"deb-x"))
+        for name, data in (("wheels/a-1-py3-none-any.whl", b"wheel-a"), ("apt/deb.debian.org/x.deb", b"deb-x"),
+                           ("base/image.tar", b"base"))
     }
     index = BundleIndex(
-        schema_version=1, manifest_digest="sha256:m", image_id="sha256:i", base_ref="b:1",
-        base_image_id="sha256:b", files=files,
+        schema_version=1, manifest_digest=M_DIGEST, image_id="sha256:" + "1" * 64, base_ref="b:1",
+        base_image_id="sha256:" + "2" * 64, files=files,
         wheels={"a-1-py3-none-any.whl": files["wheels/a-1-py3-none-any.whl"]["sha256"]},
     )
     out = tmp_path / "env.bundle"
-    write_bundle(out, '{"digest": "sha256:m"}', index, root, 1761955200)
+    write_bundle(out, json.dumps({"digest": M_DIGEST}), index, root, 1761955200, sign_key=sign_key)
     return out
 
 
@@ -148,7 +154,7 @@ def test_bundle_round_trip_is_deterministic_and_readable_in_place(tmp_path: Path
     opened = open_bundle(first, show=shown.append)
     assert [(e.kind, e.message) for e in shown][:1] == [("phase", f"checking {len(opened.index.files)} files of {first.name}")]
     assert opened.index.wheels == {"a-1-py3-none-any.whl": hashlib.sha256(b"wheel-a").hexdigest()}
-    assert json.loads(opened.manifest_text) == {"digest": "sha256:m"}
+    assert json.loads(opened.manifest_text) == {"digest": M_DIGEST}
     with tarfile.open(first) as tar:
         names = tar.getnames()
         assert names[:2] == [INDEX_NAME, MANIFEST_NAME]

@@ -7,8 +7,11 @@ Set ENVKIT_FUZZ_EXAMPLES to run more inputs per reader; a summary is printed at 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -238,3 +241,138 @@ def test_the_unmutated_inputs_are_accepted(tmp_path: Path) -> None:
         path = tmp_path / "ok.tar"
         path.write_bytes(data)
         import_image(_Client(), path)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifests and bundle indexes (what restore, bundle, diff and sbom read from other people)
+
+
+def _manifest_text() -> str:
+    from tests.unit.test_record_snapshot import _manifest
+
+    from envkit.record.manifest import manifest_text
+
+    return manifest_text(_manifest())
+
+
+MANIFEST_TEXT = _manifest_text()
+MANIFEST_DATA = json.loads(MANIFEST_TEXT)
+
+
+def _read_manifest_in(tmp_path: Path, raw: bytes, reader: str) -> None:
+    """Read (and, when accepted, plan a restore from) a manifest; nothing may appear beside it."""
+    from envkit.record.manifest import read_manifest
+    from envkit.record.snapshot import plan_from_manifest
+
+    place = tmp_path / "manifests"
+    place.mkdir(exist_ok=True)
+    for leftover in place.iterdir():
+        leftover.unlink()
+    path = place / "m.json"
+    path.write_bytes(raw)
+    cwd = os.getcwd()
+    os.chdir(place)
+    try:
+        _outcome(reader, lambda: plan_from_manifest(read_manifest(path), ca_bundle=None))
+    finally:
+        os.chdir(cwd)
+    assert [p.name for p in place.iterdir()] == ["m.json"]
+
+
+@FUZZ
+@given(st.binary(max_size=2048))
+def test_manifest_reader_random_bytes(tmp_path: Path, raw: bytes) -> None:
+    _read_manifest_in(tmp_path, raw, "manifest (random bytes)")
+
+
+@FUZZ
+@given(_OPS)
+def test_manifest_reader_mutated_manifest(tmp_path: Path, ops: list[tuple[str, float, bytes]]) -> None:
+    _read_manifest_in(tmp_path, _mutate(MANIFEST_TEXT.encode(), ops), "manifest (mutated)")
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _paths(item, (*prefix, index))
+    return found
+
+
+MANIFEST_PATHS = _paths(MANIFEST_DATA)
+_NASTY_TEXT = st.sampled_from(["x\nRUN id", "a\\\nRUN id", "../../etc", "\x1b[2J", "victim:latest", "", "-",
+                               "sha256:" + "0" * 64, "0" * 64, "https://x/y.whl", "$(id)", "\u202e", "a" * 5000])
+
+
+@FUZZ
+@given(st.sampled_from(MANIFEST_PATHS), _JSONISH | _NASTY_TEXT, st.booleans())
+def test_manifest_reader_resealed_field_values(tmp_path: Path, where: tuple[Any, ...], value: Any,
+                                               add_key: bool) -> None:
+    """A field replaced and the digest recomputed, as someone editing a manifest on purpose would."""
+    from envkit.record.manifest import content_digest
+
+    data = json.loads(MANIFEST_TEXT)
+    target = data
+    for part in where[:-1]:
+        target = target[part]
+    if add_key and isinstance(target, dict):
+        target[f"{where[-1]}x"] = value
+    else:
+        target[where[-1]] = value
+    data["digest"] = content_digest(data)
+    _read_manifest_in(tmp_path, json.dumps(data).encode(), "manifest (resealed field)")
+
+
+BUNDLE_INDEX = {
+    "schema_version": 1, "manifest_digest": "sha256:" + "3" * 64, "image_id": "sha256:" + "4" * 64,
+    "base_ref": "envkit/debian:bookworm", "base_image_id": "sha256:" + "5" * 64,
+    "files": {"base/image.tar": {"sha256": hashlib.sha256(b"x").hexdigest(), "size": 1},
+              "wheels/a-1-py3-none-any.whl": {"sha256": hashlib.sha256(b"y").hexdigest(), "size": 1}},
+    "wheels": {"a-1-py3-none-any.whl": hashlib.sha256(b"y").hexdigest()},
+}
+BUNDLE_INDEX_TEXT = json.dumps(BUNDLE_INDEX, indent=2, sort_keys=True)
+
+
+def _open_bundle_in(tmp_path: Path, index: bytes, reader: str) -> None:
+    """A bundle whose index is ``index``, opened; nothing may appear beside it."""
+    from envkit.record.bundle import INDEX_NAME, MANIFEST_NAME, open_bundle
+
+    place = tmp_path / "bundles"
+    place.mkdir(exist_ok=True)
+    for leftover in place.iterdir():
+        leftover.unlink()
+    path = place / "fuzz.bundle"
+    with tarfile.open(path, "w") as tar:
+        for name, data in ((INDEX_NAME, index), (MANIFEST_NAME, MANIFEST_TEXT.encode()),
+                           ("base/image.tar", b"x"), ("wheels/a-1-py3-none-any.whl", b"y")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    _outcome(reader, lambda: open_bundle(path))
+    assert [p.name for p in place.iterdir()] == ["fuzz.bundle"]
+
+
+@FUZZ
+@given(st.binary(max_size=2048))
+def test_bundle_index_reader_random_bytes(tmp_path: Path, raw: bytes) -> None:
+    _open_bundle_in(tmp_path, raw, "bundle index (random bytes)")
+
+
+@FUZZ
+@given(_OPS)
+def test_bundle_index_reader_mutated_index(tmp_path: Path, ops: list[tuple[str, float, bytes]]) -> None:
+    _open_bundle_in(tmp_path, _mutate(BUNDLE_INDEX_TEXT.encode(), ops), "bundle index (mutated)")
+
+
+@FUZZ
+@given(st.sampled_from(_paths(BUNDLE_INDEX)), _JSONISH | _NASTY_TEXT)
+def test_bundle_index_reader_structured_values(tmp_path: Path, where: tuple[Any, ...], value: Any) -> None:
+    data = json.loads(BUNDLE_INDEX_TEXT)
+    target = data
+    for part in where[:-1]:
+        target = target[part]
+    target[where[-1]] = value
+    _open_bundle_in(tmp_path, json.dumps(data).encode(), "bundle index (structured)")
