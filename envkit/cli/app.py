@@ -110,7 +110,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     debug = os.environ.get("ENVKIT_DEBUG", "") not in ("", "0") or "--debug" in (argv or sys.argv[1:])
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="envkit", standalone_mode=False)
+        # Outside standalone mode click returns the code of a `click.exceptions.Exit` instead of raising.
+        args = list(argv) if argv is not None else None
+        code = cli.main(args=args, prog_name="envkit", standalone_mode=False)
+        if isinstance(code, int) and code:
+            return code
     except EnvkitError as error:
         console.display_error(error, debug=debug)
         return error.exit_code

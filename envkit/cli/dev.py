@@ -43,6 +43,14 @@ def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--logdir", help="TensorBoard log directory in the container [default: WORKDIR/runs].")
 @click.option("--gpus", help="GPUs to give the container: all, a count, or device=0,1.")
 @click.option("--shm-size", help="Size limit of /dev/shm, e.g. 16g [default: half the host's memory].")
+@click.option("--ipc", help="IPC namespace: host (NVIDIA's advice for PyTorch; /dev/shm is the host's), "
+              "private, shareable, none or container:NAME.")
+@click.option("--ulimit", "ulimits", multiple=True, metavar="NAME=SOFT[:HARD]",
+              help="A resource limit; repeatable. NVIDIA advises memlock=-1 and stack=67108864 for "
+              "multi-GPU training.")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open and send this one to COMMAND.")
+@click.option("-t", "--tty", is_flag=True,
+              help="Give COMMAND a terminal (when stdin is one), e.g. `-it ... -- bash`.")
 @click.option("--bind", default="127.0.0.1", show_default=True,
               help="Host address to publish ports on; anything but loopback is reachable by others.")
 @click.option("--jupyter-port", type=int, default=8888, show_default=True, help="Host port (0: any free).")
@@ -71,6 +79,10 @@ def _run(**options: object) -> None:
     services = [s for s in ("jupyter", "tensorboard", "ssh") if options[s]]
     environment = _env_pairs(options["env"])  # type: ignore[arg-type]
     image = image_ref_for(str(options["name"]))
+    tty = bool(options["tty"])
+    if tty and not sys.stdin.isatty():
+        console.warning("-t: stdin is not a terminal; streaming the command's output instead")
+        tty = False
     client = get_client()
     plan = devrun.plan_run(
         client,
@@ -87,6 +99,10 @@ def _run(**options: object) -> None:
         command=options["command"],  # type: ignore[arg-type]
         gpus=options["gpus"],  # type: ignore[arg-type]
         shm_size=options["shm_size"],  # type: ignore[arg-type]
+        ipc=options["ipc"],  # type: ignore[arg-type]
+        ulimits=options["ulimits"],  # type: ignore[arg-type]
+        interactive=bool(options["interactive"]),
+        tty=tty,
         environment=environment,
         authorized_keys=options["authorized_keys"],  # type: ignore[arg-type]
         jupyter_password_file=options["jupyter_password_file"],  # type: ignore[arg-type]
@@ -97,6 +113,9 @@ def _run(**options: object) -> None:
     for warning in plan.warnings:
         console.warning(warning)
     detach = bool(options["detach"])
+    if plan.interactive or plan.tty:
+        _run_attached(client, plan)
+        return
     console.info(f"starting {plan.name} from {image} as uid {plan.uid}"
                  + (f" with {', '.join(plan.services)}" if plan.services else ""))
     result = devrun.launch(
@@ -125,6 +144,25 @@ def _run(**options: object) -> None:
                                                                sys.stdout.flush()))
     finally:
         devrun.stop(client, [plan.name], timeout=5)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+def _run_attached(client: object, plan: object) -> None:
+    """-i/-t: the command's streams are the caller's; envkit's own messages stay off stdout."""
+    from envkit.dev import run as devrun
+
+    def write(stream: int, data: bytes) -> None:
+        out = sys.stderr.buffer if stream == 2 else sys.stdout.buffer
+        out.write(data)
+        out.flush()
+
+    stdin_fd = sys.stdin.fileno() if plan.interactive else None  # type: ignore[attr-defined]
+    if plan.tty:  # type: ignore[attr-defined]
+        with devrun.raw_terminal(sys.stdin.fileno()):
+            code = devrun.run_attached(client, plan, stdin_fd=sys.stdin.fileno(), write=write)  # type: ignore[arg-type]
+    else:
+        code = devrun.run_attached(client, plan, stdin_fd=stdin_fd, write=write)  # type: ignore[arg-type]
     if code:
         raise click.exceptions.Exit(code)
 

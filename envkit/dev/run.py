@@ -14,18 +14,21 @@ the label ``io.envkit.managed=true``; ``list_managed`` and ``stop`` only ever to
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ipaddress
 import os
 import re
 import secrets
+import select
 import shutil
+import signal
 import socket
 import tarfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +54,11 @@ SECRETS_DIR = "/run/envkit"
 DEFAULT_WORKDIR = "/workspace"
 LOOPBACK = "127.0.0.1"
 DEFAULT_SHM = 8 * 1024**3
+IPC_MODES = ("host", "private", "shareable", "none")
+ULIMIT_NAMES = (
+    "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc", "rss",
+    "rtprio", "rttime", "sigpending", "stack",
+)
 MIN_TOKEN_LENGTH = 32
 
 # Hashes made by jupyter_server.auth.passwd(): argon2 (the default) or salted sha1.
@@ -110,6 +118,10 @@ class RunPlan:
     command: tuple[str, ...] = ()
     gpus: docker.types.DeviceRequest | None = None
     shm_size: int = DEFAULT_SHM
+    ipc_mode: str | None = None
+    ulimits: tuple[docker.types.Ulimit, ...] = ()
+    interactive: bool = False
+    tty: bool = False
     environment: dict[str, str] = field(default_factory=dict)
     authorized_keys: bytes | None = None
     jupyter_password_hash: str | None = None
@@ -206,6 +218,45 @@ def parse_gpus(value: str) -> docker.types.DeviceRequest:
         if ids and all(re.match(r"^[A-Za-z0-9-]+$", item) for item in ids):
             return docker.types.DeviceRequest(device_ids=ids, capabilities=[["gpu"]])
     raise UsageError(f"--gpus {value!r}: use all, a number, or device=0,1")
+
+
+def parse_ulimits(values: Iterable[str]) -> tuple[docker.types.Ulimit, ...]:
+    """``NAME=SOFT[:HARD]`` (what ``docker run --ulimit`` takes); -1 or ``unlimited`` lifts a limit.
+
+    NVIDIA recommends ``memlock=-1`` and ``stack=67108864`` for multi-GPU training.
+    """
+    limits: dict[str, docker.types.Ulimit] = {}
+    for text in values:
+        name, sep, value = text.partition("=")
+        if not sep or name not in ULIMIT_NAMES:
+            raise UsageError(
+                f"--ulimit {text!r}: expected NAME=SOFT[:HARD] with NAME one of {', '.join(ULIMIT_NAMES)}"
+            )
+        soft_text, _, hard_text = value.partition(":")
+        soft = _limit_value(soft_text, text)
+        hard = _limit_value(hard_text, text) if hard_text else soft
+        if hard != -1 and (soft == -1 or soft > hard):
+            raise UsageError(f"--ulimit {text!r}: the soft limit is above the hard one")
+        limits[name] = docker.types.Ulimit(name=name, soft=soft, hard=hard)
+    return tuple(limits[n] for n in sorted(limits))
+
+
+def _limit_value(text: str, option: str) -> int:
+    if text in ("-1", "unlimited"):
+        return -1
+    if text.isdigit():
+        return int(text)
+    raise UsageError(f"--ulimit {option!r}: {text!r} is not a number (or -1 / unlimited)")
+
+
+def check_ipc(value: str) -> str:
+    """``host`` (NVIDIA's recommendation for PyTorch), ``private``, ``shareable``, ``none`` or
+    ``container:NAME``."""
+    if value in IPC_MODES:
+        return value
+    if value.startswith("container:") and _NAME_RE.match(value.removeprefix("container:")):
+        return value
+    raise UsageError(f"--ipc {value!r}: use host, private, shareable, none or container:NAME")
 
 
 def check_gpu_host(client: docker.DockerClient) -> None:
@@ -345,6 +396,10 @@ def plan_run(
     command: Iterable[str] = (),
     gpus: str | None = None,
     shm_size: str | None = None,
+    ipc: str | None = None,
+    ulimits: Iterable[str] = (),
+    interactive: bool = False,
+    tty: bool = False,
     environment: dict[str, str] | None = None,
     authorized_keys: Path | None = None,
     jupyter_password_file: Path | None = None,
@@ -353,12 +408,66 @@ def plan_run(
     detach: bool = True,
     check_ports: bool = True,
 ) -> RunPlan:
-    """Check everything and decide; raises before any container exists."""
-    wanted = tuple(s for s in SERVICES if s in set(services))
-    unknown = set(services) - set(SERVICES)
+    """Check everything and decide; raises before any container exists.
+
+    The steps, in order: the services and where they are published, the plain options, the secrets,
+    the mounts, the image (its user and variant), the GPU host, then the host ports.
+    """
+    command = tuple(command)
+    wanted = _check_services(services)
+    warnings: list[str] = []
+    address = _check_publishing(bind, warnings)
+    _check_names(name, workdir)
+    if detach and (interactive or tty):
+        raise UsageError("-i/-t attach a terminal; they cannot be used with --detach")
+    ipc_mode = check_ipc(ipc) if ipc else None
+    if ipc_mode == "host" and shm_size:
+        raise UsageError("--shm-size has no effect with --ipc host (the host's /dev/shm is used)")
+    limits = parse_ulimits(ulimits)
+    keys = _read_authorized_keys(wanted, authorized_keys)
+    password_hash = _read_password_hash(wanted, jupyter_password_file)
+    mounts = _parse_mounts(volumes)
+    device_request = parse_gpus(gpus) if gpus else None
+    image_obj, uid = _inspect_image(client, image, wanted, command)
+    if device_request is not None:
+        check_gpu_host(client)
+    warnings.extend(_mount_warnings(mounts, uid))
+    ports = _check_ports(client, wanted, host_ports, address, check_ports=check_ports)
+    return RunPlan(
+        image=image,
+        image_id=image_obj.id,
+        name=name or default_name(image),
+        uid=uid,
+        services=wanted,
+        host_ports=ports,
+        bind=address,
+        mounts=mounts,
+        workdir=workdir,
+        command=command,
+        gpus=device_request,
+        shm_size=0 if ipc_mode == "host" else _shm_for(client, shm_size),
+        ipc_mode=ipc_mode,
+        ulimits=limits,
+        interactive=interactive,
+        tty=tty,
+        environment=dict(environment or {}),
+        authorized_keys=keys,
+        jupyter_password_hash=password_hash,
+        tensorboard_logdir=tensorboard_logdir,
+        detach=detach,
+        warnings=warnings,
+    )
+
+
+def _check_services(services: Iterable[str]) -> tuple[str, ...]:
+    asked = set(services)
+    unknown = asked - set(SERVICES)
     if unknown:
         raise UsageError(f"unknown service(s): {', '.join(sorted(unknown))}")
-    warnings: list[str] = []
+    return tuple(s for s in SERVICES if s in asked)
+
+
+def _check_publishing(bind: str, warnings: list[str]) -> str:
     address, loopback = check_bind(bind)
     if not loopback:
         reach = "every network this host is on" if address in ("0.0.0.0", "::") else address
@@ -366,34 +475,52 @@ def plan_run(
             f"publishing on {address}: the services are reachable from {reach}; "
             "Jupyter still needs its token and SSH a key, but TensorBoard has no login"
         )
+    return address
+
+
+def _check_names(name: str | None, workdir: str) -> None:
     if name is not None and not _NAME_RE.match(name):
         raise UsageError(f"--name {name!r}: use letters, digits, '_', '.', '-' (at most 63)")
     if not workdir.startswith("/"):
         raise UsageError(f"--workdir {workdir!r} must be an absolute path in the container")
-    keys = None
-    if "ssh" in wanted:
-        if authorized_keys is None:
-            raise UsageError("--ssh needs --authorized-keys FILE (your public key): password logins are off")
-        try:
-            keys = check_authorized_keys(authorized_keys.read_bytes(), str(authorized_keys))
-        except OSError as exc:
-            raise UsageError(f"--authorized-keys {authorized_keys}: {exc.strerror}") from None
-    elif authorized_keys is not None:
-        raise UsageError("--authorized-keys is only used with --ssh")
-    password_hash = None
-    if jupyter_password_file is not None:
-        if "jupyter" not in wanted:
-            raise UsageError("--jupyter-password-file is only used with --jupyter")
-        try:
-            password_hash = check_password_hash(jupyter_password_file.read_text())
-        except OSError as exc:
-            raise UsageError(f"--jupyter-password-file {jupyter_password_file}: {exc.strerror}") from None
+
+
+def _read_authorized_keys(wanted: tuple[str, ...], authorized_keys: Path | None) -> bytes | None:
+    if "ssh" not in wanted:
+        if authorized_keys is not None:
+            raise UsageError("--authorized-keys is only used with --ssh")
+        return None
+    if authorized_keys is None:
+        raise UsageError("--ssh needs --authorized-keys FILE (your public key): password logins are off")
+    try:
+        return check_authorized_keys(authorized_keys.read_bytes(), str(authorized_keys))
+    except OSError as exc:
+        raise UsageError(f"--authorized-keys {authorized_keys}: {exc.strerror}") from None
+
+
+def _read_password_hash(wanted: tuple[str, ...], password_file: Path | None) -> str | None:
+    if password_file is None:
+        return None
+    if "jupyter" not in wanted:
+        raise UsageError("--jupyter-password-file is only used with --jupyter")
+    try:
+        return check_password_hash(password_file.read_text())
+    except OSError as exc:
+        raise UsageError(f"--jupyter-password-file {password_file}: {exc.strerror}") from None
+
+
+def _parse_mounts(volumes: Iterable[str]) -> tuple[Mount, ...]:
     mounts = tuple(parse_volume(v) for v in volumes)
     targets = [m.target for m in mounts]
     if len(set(targets)) != len(targets):
         raise UsageError("two -v options mount at the same container path")
-    device_request = parse_gpus(gpus) if gpus else None
+    return mounts
 
+
+def _inspect_image(
+    client: docker.DockerClient, image: str, wanted: tuple[str, ...], command: tuple[str, ...]
+) -> tuple[Any, int]:
+    """The image and its user; services need a dev image, and a runtime image needs a command."""
     try:
         image_obj = client.images.get(image)
     except docker.errors.ImageNotFound:
@@ -411,43 +538,37 @@ def plan_run(
         )
     if not wanted and not command and variant != "dev":
         raise UsageError(f"nothing to run in {image}: give a command after NAME, or a service option")
-    if device_request is not None:
-        check_gpu_host(client)
+    return image_obj, uid
+
+
+def _mount_warnings(mounts: tuple[Mount, ...], uid: int) -> list[str]:
+    found = []
     for mount in mounts:
         if mount.is_path and not mount.read_only:
             warning = _writability_warning(Path(mount.source), uid)
             if warning:
-                warnings.append(warning)
+                found.append(warning)
+    return found
 
+
+def _check_ports(
+    client: docker.DockerClient,
+    wanted: tuple[str, ...],
+    host_ports: dict[str, int] | None,
+    address: str,
+    *,
+    check_ports: bool,
+) -> dict[str, int]:
     ports = {s: (host_ports or {}).get(s, DEFAULT_HOST_PORTS[s]) for s in wanted}
     for service, port in ports.items():
         if not 0 <= port <= 65535:
             raise UsageError(f"--{service}-port {port}: not a port number")
         if check_ports and port and not port_free(address, port):
             raise _port_in_use(port, address, client, service)
-    if len({p for p in ports.values() if p}) != len([p for p in ports.values() if p]):
+    chosen = [p for p in ports.values() if p]
+    if len(set(chosen)) != len(chosen):
         raise UsageError("two services were given the same host port")
-
-    return RunPlan(
-        image=image,
-        image_id=image_obj.id,
-        name=name or default_name(image),
-        uid=uid,
-        services=wanted,
-        host_ports=ports,
-        bind=address,
-        mounts=mounts,
-        workdir=workdir,
-        command=tuple(command),
-        gpus=device_request,
-        shm_size=_shm_for(client, shm_size),
-        environment=dict(environment or {}),
-        authorized_keys=keys,
-        jupyter_password_hash=password_hash,
-        tensorboard_logdir=tensorboard_logdir,
-        detach=detach,
-        warnings=warnings,
-    )
+    return ports
 
 
 def _writability_warning(path: Path, uid: int) -> str | None:
@@ -563,10 +684,16 @@ def create(client: docker.DockerClient, plan: RunPlan) -> tuple[Any, Path | None
             working_dir=plan.workdir,
             ports=ports,
             volumes=volumes,
-            shm_size=plan.shm_size,
+            shm_size=plan.shm_size or None,
+            ipc_mode=plan.ipc_mode,
+            ulimits=list(plan.ulimits) or None,
+            stdin_open=plan.interactive,
+            tty=plan.tty,
             device_requests=[plan.gpus] if plan.gpus else None,
             security_opt=["no-new-privileges"],
-            detach=True,
+            # Not detached when stdin is attached: the engine then closes the command's stdin when
+            # ours ends (StdinOnce), as `docker run -i` does.
+            detach=not plan.interactive,
         )
     except docker.errors.APIError as exc:
         if exc.status_code == 409:
@@ -774,6 +901,141 @@ def follow(client: docker.DockerClient, name: str, write: Callable[[bytes], None
     for chunk in container.logs(stream=True, follow=True):
         write(chunk)
     return int(container.wait().get("StatusCode", 1))
+
+
+# --- an attached terminal -------------------------------------------------------------------------
+
+
+class Demux:
+    """The engine's multiplexed stream (8-byte headers: stream, 3 zero bytes, big-endian size)
+    split back into stdout (1) and stderr (2)."""
+
+    def __init__(self, write: Callable[[int, bytes], None]) -> None:
+        self._write = write
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= 8:
+            size = int.from_bytes(self._buffer[4:8], "big")
+            if len(self._buffer) < 8 + size:
+                return
+            stream, payload = self._buffer[0], self._buffer[8:8 + size]
+            self._buffer = self._buffer[8 + size:]
+            self._write(2 if stream == 2 else 1, payload)
+
+
+def pump(
+    sock: Any,
+    stdin_fd: int | None,
+    write: Callable[[int, bytes], None],
+    *,
+    multiplexed: bool,
+    on_stdin_closed: Callable[[], None] | None = None,
+) -> None:
+    """Copy ``stdin_fd`` into the attach socket and its output to ``write`` until the engine closes it.
+
+    At the end of stdin the socket's write side is shut, which closes the container's stdin (so
+    ``cat``, ``python -`` and friends finish), and reading goes on until the container exits.
+    """
+    demux = Demux(write) if multiplexed else None
+    fileno = sock.fileno()
+    watched = [fileno] + ([stdin_fd] if stdin_fd is not None else [])
+    while True:
+        readable, _, _ = select.select(watched, [], [])
+        if fileno in readable:
+            data = sock.recv(65536)
+            if not data:
+                return
+            if demux is not None:
+                demux.feed(data)
+            else:
+                write(1, data)
+        if stdin_fd is not None and stdin_fd in readable:
+            data = os.read(stdin_fd, 65536)
+            if data:
+                sock.sendall(data)
+                continue
+            watched.remove(stdin_fd)
+            stdin_fd = None
+            if on_stdin_closed is not None:
+                on_stdin_closed()
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+
+
+@contextlib.contextmanager
+def raw_terminal(fd: int) -> Iterator[None]:
+    """The local terminal in raw mode (keys go to the container as typed), restored afterwards."""
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setraw(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def terminal_size(fd: int) -> tuple[int, int] | None:
+    try:
+        size = os.get_terminal_size(fd)
+    except OSError:
+        return None
+    return size.lines, size.columns
+
+
+def run_attached(
+    client: docker.DockerClient,
+    plan: RunPlan,
+    *,
+    stdin_fd: int | None,
+    write: Callable[[int, bytes], None],
+) -> int:
+    """Create the container, attach to it, start it and copy the streams until it exits.
+
+    With ``plan.tty`` the caller's terminal should be in raw mode (``raw_terminal``) and output comes
+    as one stream; without, stdout and stderr stay apart. Returns the command's exit code; the
+    container is removed in every case.
+    """
+    container, _ = create(client, plan)
+    state_dir = state_root() / "run" / plan.name
+    try:
+        params = {"stdin": 1 if plan.interactive else 0, "stdout": 1, "stderr": 1, "stream": 1}
+        sock = client.api.attach_socket(container.id, params=params)
+        raw = getattr(sock, "_sock", sock)
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            raise _engine_error(exc, plan, client) from None
+        previous = _follow_size(client, container.id, stdin_fd) if plan.tty and stdin_fd is not None else None
+        try:
+            pump(raw, stdin_fd if plan.interactive else None, write, multiplexed=not plan.tty)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGWINCH, previous)
+            with contextlib.suppress(OSError):
+                raw.close()
+        return int(container.wait().get("StatusCode", 1))
+    finally:
+        remove(client, container.id, state_dir)
+
+
+def _follow_size(client: docker.DockerClient, container_id: str, fd: int) -> Any:
+    """Give the container's pty the caller's size now and on every SIGWINCH; returns the old handler."""
+
+    def resize(*_: Any) -> None:
+        size = terminal_size(fd)
+        if size:
+            with contextlib.suppress(docker.errors.APIError):
+                client.api.resize(container_id, height=size[0], width=size[1])
+
+    resize()
+    try:
+        return signal.signal(signal.SIGWINCH, resize)
+    except ValueError:  # not the main thread
+        return None
 
 
 # --- ps / stop -------------------------------------------------------------------------------------

@@ -339,3 +339,133 @@ def test_ps_refuses_escape_sequences_and_unknown_services_from_labels() -> None:
     [found] = devrun.list_managed(client)
     assert found.image == "img[2J"
     assert found.services == ("jupyter",)
+
+
+# --- exit codes, terminals, IPC and limits ---------------------------------------------------------
+
+
+def test_run_exits_with_the_commands_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    from envkit.cli import app as cli_module
+
+    client = dev_client(dev_image(variant="runtime"))
+    monkeypatch.setattr("envkit.engine.client.get_client", lambda *a, **k: client)
+    monkeypatch.setattr(devrun, "follow", lambda *a, **k: 5)
+    monkeypatch.setattr(devrun, "user_name", lambda *a: "envkit")
+    assert cli_module.main(["run", "envkit-test/x:1", "--", "python", "-c", "raise SystemExit(5)"]) == 5
+    monkeypatch.setattr(devrun, "follow", lambda *a, **k: 0)
+    assert cli_module.main(["run", "envkit-test/x:1", "--", "true"]) == 0
+    assert all(c.stopped for c in client.containers.created)
+
+
+def test_attached_run_exits_with_the_commands_code_and_removes_the_container(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from envkit.cli import app as cli_module
+
+    client = dev_client(dev_image(variant="runtime"))
+    monkeypatch.setattr("envkit.engine.client.get_client", lambda *a, **k: client)
+    seen: dict[str, Any] = {}
+
+    def attached(client_: Any, plan: devrun.RunPlan, *, stdin_fd: int | None, write: Any) -> int:
+        seen.update(interactive=plan.interactive, tty=plan.tty, stdin_fd=stdin_fd)
+        return 3
+
+    monkeypatch.setattr(devrun, "run_attached", attached)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    monkeypatch.setattr("sys.stdin.fileno", lambda: 0, raising=False)
+    # -t without a terminal on stdin streams instead (like `docker run -t` piped), still exit 3.
+    assert cli_module.main(["run", "-it", "envkit-test/x:1", "--", "sh", "-c", "exit 3"]) == 3
+    assert seen == {"interactive": True, "tty": False, "stdin_fd": 0}
+
+
+def test_interactive_and_terminal_options_reach_the_engine() -> None:
+    client = dev_client(dev_image(variant="runtime"))
+    plan = devrun.plan_run(client, "img", command=["bash"], interactive=True, tty=True, detach=False)
+    container, _ = devrun.create(client, plan)
+    assert container.kwargs["stdin_open"] is True and container.kwargs["tty"] is True
+    # Not detached, so the engine closes the command's stdin when ours ends.
+    assert container.kwargs["detach"] is False
+    with pytest.raises(UsageError, match="--detach"):
+        devrun.plan_run(client, "img", command=["bash"], interactive=True, detach=True)
+
+
+def test_ipc_ulimit_and_shm_pass_through() -> None:
+    client = dev_client(dev_image(variant="runtime"))
+    plan = devrun.plan_run(
+        client, "img", command=["torchrun"], ipc="host", ulimits=["memlock=-1", "stack=67108864"],
+        detach=False,
+    )
+    container, _ = devrun.create(client, plan)
+    assert container.kwargs["ipc_mode"] == "host"
+    assert container.kwargs["shm_size"] is None  # the host's /dev/shm
+    limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in container.kwargs["ulimits"]}
+    assert limits == {"memlock": (-1, -1), "stack": (67108864, 67108864)}
+    plan = devrun.plan_run(client, "img", command=["x"], shm_size="16g", detach=False)
+    container, _ = devrun.create(client, plan)
+    assert container.kwargs["shm_size"] == 16 * 1024**3 and container.kwargs["ipc_mode"] is None
+    with pytest.raises(UsageError, match="no effect"):
+        devrun.plan_run(client, "img", command=["x"], ipc="host", shm_size="1g")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("nofile=1024:2048", (1024, 2048)), ("memlock=unlimited", (-1, -1)), ("stack=8:-1", (8, -1))],
+)
+def test_ulimit_forms(text: str, expected: tuple[int, int]) -> None:
+    (limit,) = devrun.parse_ulimits([text])
+    assert (limit["Soft"], limit["Hard"]) == expected
+
+
+@pytest.mark.parametrize("text", ["memlock", "bogus=1", "nofile=abc", "nofile=10:5", "nofile=-1:5"])
+def test_bad_ulimits_are_refused(text: str) -> None:
+    with pytest.raises(UsageError, match="--ulimit"):
+        devrun.parse_ulimits([text])
+
+
+@pytest.mark.parametrize("value", ["host", "private", "shareable", "none", "container:trainer-1"])
+def test_ipc_modes(value: str) -> None:
+    assert devrun.check_ipc(value) == value
+
+
+@pytest.mark.parametrize("value", ["hostt", "container:", "container:../x", "ns:1"])
+def test_bad_ipc_modes_are_refused(value: str) -> None:
+    with pytest.raises(UsageError, match="--ipc"):
+        devrun.check_ipc(value)
+
+
+def _frame(stream: int, data: bytes) -> bytes:
+    return bytes([stream, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+
+
+def test_demux_splits_stdout_and_stderr_across_chunk_borders() -> None:
+    got: list[tuple[int, bytes]] = []
+    demux = devrun.Demux(lambda stream, data: got.append((stream, data)))
+    stream = _frame(1, b"out\n") + _frame(2, b"err\n") + _frame(1, b"")
+    for i in range(0, len(stream), 5):
+        demux.feed(stream[i:i + 5])
+    assert got == [(1, b"out\n"), (2, b"err\n"), (1, b"")]
+
+
+def test_pump_sends_stdin_closes_it_and_reads_until_the_engine_closes() -> None:
+    ours, engine = socket.socketpair()
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"hello\n")
+    os.close(write_end)
+    got: list[tuple[int, bytes]] = []
+
+    def engine_side() -> None:
+        received = b""
+        while chunk := engine.recv(100):  # ends when envkit shuts its write side
+            received += chunk
+        engine.sendall(_frame(1, received.upper()) + _frame(2, b"bye\n"))
+        engine.close()
+
+    import threading
+
+    thread = threading.Thread(target=engine_side)
+    thread.start()
+    devrun.pump(ours, read_end, lambda s, d: got.append((s, d)), multiplexed=True)
+    thread.join(5)
+    os.close(read_end)
+    ours.close()
+    assert got == [(1, b"HELLO\n"), (2, b"bye\n")]
