@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 from rich.console import Console
-from tests.unit.test_record_snapshot import _manifest
 
 from envkit.cli.app import main
 from envkit.errors import IntegrityError, UsageError
@@ -42,6 +41,7 @@ from envkit.record.signing import MANIFEST_NAMESPACE, Trust, sign, signature_pat
 from envkit.record.snapshot import plan_from_manifest, restore_tag
 from envkit.untrusted import clean
 from tests.fakes import FakeClient, FakeImage
+from tests.unit.test_record_snapshot import _manifest
 
 needs_ssh_keygen = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen (openssh-client)")
 

@@ -248,9 +248,8 @@ def test_the_unmutated_inputs_are_accepted(tmp_path: Path) -> None:
 
 
 def _manifest_text() -> str:
-    from tests.unit.test_record_snapshot import _manifest
-
     from envkit.record.manifest import manifest_text
+    from tests.unit.test_record_snapshot import _manifest
 
     return manifest_text(_manifest())
 
