@@ -35,8 +35,8 @@ _NAME = rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
 _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = r"sha256:[0-9a-f]{64}"
 
-LOCATION_RE = re.compile(rf"^{_NAME}@{_DIGEST}$")
-_REFERENCE_RE = re.compile(rf"^(?P<name>{_NAME})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$")
+LOCATION_RE = re.compile(rf"{_NAME}@{_DIGEST}")
+_REFERENCE_RE = re.compile(rf"(?P<name>{_NAME})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?")
 _MAX_REFERENCE = 255 + 1 + 128 + 1 + 71
 
 
@@ -67,8 +67,8 @@ class Reference:
 
 def parse_reference(text: str, *, what: str = "reference") -> Reference:
     """A registry reference, strictly; anything else is a usage error naming the form expected."""
-    match = _REFERENCE_RE.match(text) if len(text) <= _MAX_REFERENCE else None
-    if match is None:
+    match = _REFERENCE_RE.fullmatch(text) if len(text) <= _MAX_REFERENCE else None
+    if match is None or len(match["name"]) > 255 or not _names_ok(match["name"]):
         raise UsageError(
             f"{what} {text!r} is not a registry reference",
             hint="expected REGISTRY/REPO[:TAG] or REGISTRY/REPO@sha256:<64 hex>, lower-case repository",
@@ -76,9 +76,19 @@ def parse_reference(text: str, *, what: str = "reference") -> Reference:
     return Reference(match["name"], match["tag"], match["digest"])
 
 
+def _names_ok(name: str) -> bool:
+    """Upper case is allowed in a registry host only, and a first part is a host only when it has a
+    dot or a port or is localhost (docker's rule)."""
+    first, _, rest = name.partition("/")
+    host = bool(rest) and ("." in first or ":" in first or first == "localhost")
+    return host or first == first.lower()
+
+
 def is_location(text: str) -> bool:
     """Whether ``text`` is a ``repo@sha256:…`` location as a manifest may record it."""
-    return len(text) <= _MAX_REFERENCE and LOCATION_RE.match(text) is not None
+    if len(text) > _MAX_REFERENCE or LOCATION_RE.fullmatch(text) is None or len(text.partition("@")[0]) > 255:
+        return False
+    return _names_ok(text.partition("@")[0])
 
 
 @dataclass(frozen=True)
