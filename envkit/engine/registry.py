@@ -354,8 +354,8 @@ def pull_image(
         raise IntegrityError(
             f"{ref.location} is image {image_id}, not the manifest's {expected_id}; "
             f"{tag or 'no tag'} was not moved and the pulled image was removed",
-            hint="the location does not hold the manifest's image: someone pushed another image under "
-            "that digest's repository, or the manifest names the wrong location",
+            hint="a digest names exactly one image, and this one is not the manifest's: the manifest "
+            "names the wrong location, or the image pushed there was not the one snapshotted",
         )
     if tag is not None:
         tag_image(client, image_id, tag)
