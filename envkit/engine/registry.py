@@ -215,8 +215,9 @@ def push_image(
 ) -> PushResult:
     """Push ``image`` (ID or tag) as ``target`` (``REGISTRY/REPO[:TAG]``) and return its digest.
 
-    The engine pushes a local name, so ``target`` is tagged locally first; if the push fails or is
-    interrupted that tag is put back as it was (removed, or pointed at its previous image).
+    The engine pushes a local name, so ``target`` is tagged locally for the push; afterwards, done,
+    failed or interrupted, that tag is put back as it was (removed, or pointed at its previous
+    image), so a push adds no tag that a later snapshot would record.
     """
     say = progress or (lambda _message: None)
     ref = parse_reference(target, what="push target")
@@ -232,7 +233,6 @@ def push_image(
     if previous_id != image_id:
         tag_image(client, image_id, local)
     started = time.monotonic()
-    done = False
     try:
         pushed, present, sent, digest = set(), set(), {}, None  # type: ignore[var-annotated]
         say(f"pushing {image} to {local}")
@@ -254,10 +254,8 @@ def push_image(
                 digest = str(aux["Digest"])
         if digest is None or not re.fullmatch(_DIGEST, digest):
             raise RegistryError(f"the push of {local} ended without a digest from the registry")
-        done = True
     finally:
-        if not done:
-            _put_back(client, local, image_id, previous_id)
+        _put_back(client, local, image_id, previous_id)
     result = PushResult(
         image_id=image_id, location=f"{ref.name}@{digest}", reference=local, digest=digest,
         layers_pushed=len(pushed), layers_present=len(present),
@@ -269,7 +267,7 @@ def push_image(
 
 
 def _put_back(client: docker.DockerClient, local: str, image_id: str, previous_id: str | None) -> None:
-    """Undo the local tag a failed push made, without ever deleting an image."""
+    """Undo the local tag a push made, without ever deleting an image."""
     try:
         if previous_id is not None:
             if previous_id != image_id:

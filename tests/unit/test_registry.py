@@ -110,6 +110,7 @@ def _image_client(**knobs: object) -> FakeClient:
 
 def test_push_returns_the_digest_counts_what_was_sent_and_remembers_the_location() -> None:
     client = _image_client(push_stream=_push_stream())
+    client.images.images["envkit/x:1"].tags.append("127.0.0.1:5000/team/x:1")  # as the engine lists it
     result = push_image(client, "envkit/x:1", "127.0.0.1:5000/team/x:1",
                         credentials=Credentials("ci", "pw"))
     assert result.location == LOCATION and result.digest == DIGEST
@@ -117,6 +118,8 @@ def test_push_returns_the_digest_counts_what_was_sent_and_remembers_the_location
     assert client.api.pushed == [("127.0.0.1:5000/team/x", "1", {"username": "ci", "password": "pw"})]
     assert registry.known_locations(IMAGE_ID) == [LOCATION]
     assert client.api.tagged[0] == (IMAGE_ID, "127.0.0.1:5000/team/x", "1")
+    # the tag the push needed is gone again: a later snapshot records the image's own tags only
+    assert "127.0.0.1:5000/team/x:1" not in client.images.images and "envkit/x:1" in client.images.images
 
 
 def test_push_without_credentials_leaves_auth_to_the_docker_config() -> None:
@@ -356,3 +359,19 @@ def test_password_comes_from_stdin_never_argv(monkeypatch: pytest.MonkeyPatch) -
                             "--username", "ci", "--password-stdin"]) == 0
     assert client.api.pushed[0][2] == {"username": "ci", "password": "pw-from-stdin"}
     assert cli_module.main(["push", "envkit/x:1", "127.0.0.1:5000/team/x:1", "--username", "ci"]) == 2
+
+
+def test_snapshot_writes_the_locations_this_host_pushed_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    from envkit.record import snapshot as snapshot_module
+    from tests.unit.test_snapshot import make_spec
+
+    monkeypatch.setattr(snapshot_module, "collect_packages", lambda *_: {"python": {}, "apt": {}})
+    monkeypatch.setattr(snapshot_module, "_spec_and_lock_from_labels",
+                        lambda _labels: (make_spec(), None, "images/x/1.yaml"))
+    client = _image_client()
+    assert snapshot_module.snapshot(client, IMAGE_ID).image.locations == []
+    registry.remember_location(IMAGE_ID, LOCATION)
+    registry.remember_location(OTHER_ID, f"127.0.0.1:5000/team/y@{DIGEST}")
+    manifest = snapshot_module.snapshot(client, IMAGE_ID)
+    assert manifest.image.locations == [LOCATION]
+    assert manifest.digest == seal_manifest(manifest).digest
