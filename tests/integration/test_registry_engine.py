@@ -119,8 +119,8 @@ def tiny_image(docker_client) -> Iterator[tuple[str, str]]:  # type: ignore[no-u
     context.seek(0)
     image, _ = docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True)
     yield tag, image.id
-    for ref in docker_client.api.inspect_image(image.id).get("RepoTags") or []:
-        docker_client.api.remove_image(ref, noprune=False)
+    # By ID, forced: a pull by digest left a repo@digest reference that untagging would not remove.
+    docker_client.api.remove_image(image.id, force=True)
 
 
 def _flat(text: str) -> str:
