@@ -60,6 +60,16 @@ def engine_has(ref: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode == 0
 
 
+def derive(image: str) -> str:
+    """IMAGE plus one layer of 1 MB of random bytes: what a code change on the same stack looks like."""
+    tag = f"envkit-bench/derived:{os.getpid()}"
+    with tempfile.TemporaryDirectory(prefix="envkit-bench-derived-") as context:
+        Path(context, "code.bin").write_bytes(os.urandom(1 << 20))
+        Path(context, "Dockerfile").write_text(f"FROM {image}\nCOPY code.bin /opt/code/code.bin\n")
+        subprocess.run(["docker", "build", "-q", "-t", tag, context], check=True, capture_output=True)
+    return tag
+
+
 def push(image: str, target: str, env: dict[str, str], storage: Path) -> dict[str, object]:
     before = stored_bytes(storage)
     seconds, proc = bench_restore.timed(bench_build.envkit("push", image, target, "--json"), env=env)
@@ -71,7 +81,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", default="pytorch-cuda:2.8")
     parser.add_argument("--second", default="yolo:2.8", help="the second image of the family ('' to skip); "
-                        "it must be built already")
+                        "it must be built already. 'derived' builds one here: IMAGE plus a 1 MB layer "
+                        "(a code change on the same stack), removed afterwards")
     parser.add_argument("--no-rebuild", action="store_true", help="skip the restore-by-rebuild run")
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
@@ -79,7 +90,8 @@ def main() -> int:
     first = image_tag(args.image)
     if not engine_has(first):
         raise SystemExit(f"{first} is not on this engine: envkit build {args.image}")
-    second = image_tag(args.second) if args.second else None
+    derived = args.second == "derived"
+    second = derive(first) if derived else image_tag(args.second) if args.second else None
     if second is not None and not engine_has(second):
         print(f"{second} is not on this engine: the second push is skipped", file=sys.stderr)
         second = None
@@ -137,6 +149,8 @@ def main() -> int:
                 results["second"] = args.second
                 results["second_push"] = push(second, target2, env, storage)
         finally:
+            if derived and second is not None:
+                subprocess.run(["docker", "rmi", second], capture_output=True)
             bench_restore.empty_engine(host)
             subprocess.run([str(REPO / "scripts" / "registry.sh"), "stop", str(work / "registry")], check=False)
             shutil.rmtree(work / "registry", ignore_errors=True)
