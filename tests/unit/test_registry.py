@@ -375,3 +375,42 @@ def test_snapshot_writes_the_locations_this_host_pushed_to(monkeypatch: pytest.M
     manifest = snapshot_module.snapshot(client, IMAGE_ID)
     assert manifest.image.locations == [LOCATION]
     assert manifest.digest == seal_manifest(manifest).digest
+
+
+def test_restore_falls_back_to_a_rebuild_and_says_which_locations_failed_and_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dataclasses import dataclass
+
+    from envkit.events import done
+
+    @dataclass
+    class Built:
+        image_id: str = IMAGE_ID
+        tag: str = "envkit/x:1"
+
+        def to_json(self) -> dict[str, str]:
+            return {"image_id": self.image_id, "tag": self.tag}
+
+    error = docker.errors.APIError("500", explanation="dial tcp 127.0.0.1:5000: connect: connection refused")
+    path = tmp_path / "m.json"
+    write_manifest(path, _located(LOCATION))
+    monkeypatch.setattr("envkit.engine.client.get_client", lambda *a, **k: FakeClient(pull_error=error))
+    monkeypatch.setattr("envkit.record.snapshot.restore_events", lambda *a, **k: iter([done("built", Built())]))
+    assert cli_module.main(["restore", str(path)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "did not answer" in err and "unreachable" in err and "rebuilding" in err
+
+
+def test_interrupted_pull_exits_130_with_nothing_tagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = FakeClient(pull_stream=_PULL_STREAM, pull_interrupt_after=3, pulled_image=FakeImage(IMAGE_ID))
+    monkeypatch.setattr("envkit.engine.client.get_client", lambda *a, **k: client)
+    assert cli_module.main(["pull", LOCATION, "--expect-id", IMAGE_ID, "--tag", "envkit/x:1"]) == 130
+    assert client.api.tagged == [] and "envkit/x:1" not in client.images.images
+
+
+def test_interrupted_push_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = _image_client(push_stream=_push_stream(), push_interrupt_after=5)
+    monkeypatch.setattr("envkit.engine.client.get_client", lambda *a, **k: client)
+    assert cli_module.main(["push", "envkit/x:1", "127.0.0.1:5000/team/x:1"]) == 130
+    assert registry.known_locations(IMAGE_ID) == []
