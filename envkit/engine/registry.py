@@ -177,6 +177,19 @@ def _stream(
         raise registry_error(str(exc.explanation or exc), ref) from None
 
 
+def _every(seconds: float, say: Callable[[str], None]) -> Callable[[str], None]:
+    """``say``, passing on at most one message per ``seconds``: the engine sends one per chunk."""
+    last = [float("-inf")]
+
+    def throttled(message: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= seconds:
+            last[0] = now
+            say(message)
+
+    return throttled
+
+
 # --- push ---------------------------------------------------------------------------------------
 
 
@@ -233,8 +246,12 @@ def push_image(
     if previous_id != image_id:
         tag_image(client, image_id, local)
     started = time.monotonic()
+    throttled = _every(2.0, say)
     try:
-        pushed, present, sent, digest = set(), set(), {}, None  # type: ignore[var-annotated]
+        pushed: set[str] = set()
+        present: set[str] = set()
+        sent: dict[str, int] = {}
+        digest: str | None = None
         say(f"pushing {image} to {local}")
         messages = _stream(lambda: client.api.push(ref.name, tag=ref.tag, stream=True, decode=True,
                                                    auth_config=_auth(credentials)), ref)
@@ -244,7 +261,7 @@ def push_image(
             if status == "Pushing":
                 current = int((message.get("progressDetail") or {}).get("current") or 0)
                 sent[layer] = max(sent.get(layer, 0), current)
-                say(f"{layer}: pushing, {current / 1e6:.0f} MB")
+                throttled(f"{layer}: pushing, {current / 1e6:.0f} MB")
             elif status == "Pushed":
                 pushed.add(layer)
             elif status == "Layer already exists" or status.startswith("Mounted from"):
@@ -327,6 +344,7 @@ def pull_image(
     pulled_ref = str(ref) if ref.digest else f"{ref.name}:{ref.tag or 'latest'}"
     before = find_image(client, ref.location) if ref.digest else None
     downloaded: dict[str, int] = {}
+    throttled = _every(2.0, say)
     say(f"pulling {pulled_ref}")
     remote_tag = ref.digest or ref.tag or "latest"
     for message in _stream(lambda: client.api.pull(ref.name, tag=remote_tag, stream=True, decode=True,
@@ -336,9 +354,9 @@ def pull_image(
             detail = message.get("progressDetail") or {}
             layer = str(message.get("id") or "")
             downloaded[layer] = max(downloaded.get(layer, 0), int(detail.get("total") or 0))
-            say(f"{layer}: downloading, {int(detail.get('current') or 0) / 1e6:.0f} MB")
+            throttled(f"{layer}: downloading, {int(detail.get('current') or 0) / 1e6:.0f} MB")
         elif status.startswith(("Extracting", "Verifying")):
-            say(f"{message.get('id', '')}: {status.lower()}")
+            throttled(f"{message.get('id', '')}: {status.lower()}")
     attrs = find_image(client, ref.location if ref.digest else pulled_ref)
     if attrs is None:
         raise RegistryError(f"the engine reported {pulled_ref} pulled but does not hold it")
