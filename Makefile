@@ -32,7 +32,7 @@ test-venv: $(VENV)/.test-installed
 engine:
 	scripts/engine.sh
 
-# Host clients the dev-service tests drive (ssh, a headless browser): only `make test` needs them.
+# Host clients and servers the tests drive (ssh, a headless browser, a registry): only `make test` needs them.
 test-deps:
 	scripts/test-deps.sh
 

@@ -98,6 +98,12 @@ class NetworkError(EnvkitError):
     label = "network unreachable"
 
 
+class RegistryError(NetworkError):
+    """A registry answered but refused: credentials, the repository, TLS trust, an unknown manifest."""
+
+    label = "registry refused"
+
+
 class GpuHostNotReady(EnvkitError):
     exit_code = 7
     label = "GPU host not ready"

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Host packages the dev-service tests drive as real clients: an ssh client, a headless browser and
-# its driver, curl. Safe to run again: it installs only what is missing. Needs root (or sudo).
+# Host packages the tests drive as real clients and servers: an ssh client, a headless browser and
+# its driver, curl (dev services); Debian's docker-registry, htpasswd and openssl (the registry
+# tests start their own registry with scripts/registry.sh). Safe to run again: it installs only
+# what is missing. Needs root (or sudo).
 set -euo pipefail
 
-PACKAGES=(openssh-client chromium chromium-driver curl)
+PACKAGES=(openssh-client chromium chromium-driver curl docker-registry apache2-utils openssl)
 
 missing=()
 for package in "${PACKAGES[@]}"; do

@@ -159,6 +159,9 @@ class FakeApi:
         self.untagged: list[str] = []
         self.loaded = b""
         self.closed = False
+        self.removed_images: list[str] = []
+        self.pushed: list[tuple[str, str | None, Any]] = []
+        self.pulled: list[tuple[str, str | None, Any]] = []
 
     def inspect_image(self, ref: str) -> dict[str, Any]:
         return self.owner.images.get(ref).attrs
@@ -213,9 +216,37 @@ class FakeApi:
         self.removed.append(container_id)
 
     def remove_image(self, image: str, force: bool = False, noprune: bool = False) -> None:
-        """Untag ``image`` (a tag); the fake keeps images by reference, so the reference goes."""
+        """Untag ``image`` if it is a tag; remove every reference to it if it is an ID."""
+        self.removed_images.append(image)
         self.untagged.append(image)
-        self.owner.images.images.pop(image, None)
+        images = self.owner.images.images
+        if image in images:
+            del images[image]
+            return
+        for ref in [ref for ref, held in images.items() if held.id == image]:
+            del images[ref]
+
+    def push(self, repository: str, tag: str | None = None, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        self.pushed.append((repository, tag, kwargs.get("auth_config")))
+        owner = self.owner
+        for index, message in enumerate(owner.push_stream):
+            if owner.push_interrupt_after is not None and index == owner.push_interrupt_after:
+                raise KeyboardInterrupt
+            yield message
+
+    def pull(self, repository: str, tag: str | None = None, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Answer ``pull_stream``; at its end the engine holds ``pulled_image`` under repo@digest."""
+        self.pulled.append((repository, tag, kwargs.get("auth_config")))
+        owner = self.owner
+        if owner.pull_error is not None:
+            raise owner.pull_error
+        for index, message in enumerate(owner.pull_stream):
+            if owner.pull_interrupt_after is not None and index == owner.pull_interrupt_after:
+                raise KeyboardInterrupt
+            yield message
+        if owner.pulled_image is not None and not any("error" in m for m in owner.pull_stream):
+            owner.images.images[f"{repository}@{tag}" if tag and tag.startswith("sha256:")
+                                else f"{repository}:{tag or 'latest'}"] = owner.pulled_image
 
 
 class FakeClient:
@@ -226,7 +257,9 @@ class FakeClient:
     run torchrun, and `logs` for the rest;
     `start_error` (containers refuse to start), `hang` (scripts whose wait times out); `saved`
     (what `docker save` streams) with `save_fails_after`/`save_error`; `load_messages` (what
-    `docker load` answers); `build_stream` with `build_interrupt_after`.
+    `docker load` answers); `build_stream` with `build_interrupt_after`; `push_stream` with
+    `push_interrupt_after`; `pull_stream` with `pull_interrupt_after` or `pull_error`, after which
+    the engine holds `pulled_image`.
     """
 
     def __init__(
@@ -246,6 +279,12 @@ class FakeClient:
         load_messages: Iterable[dict[str, Any]] = (),
         build_stream: Iterable[dict[str, Any]] = (),
         build_interrupt_after: int | None = None,
+        push_stream: Iterable[dict[str, Any]] = (),
+        push_interrupt_after: int | None = None,
+        pull_stream: Iterable[dict[str, Any]] = (),
+        pull_interrupt_after: int | None = None,
+        pull_error: BaseException | None = None,
+        pulled_image: FakeImage | None = None,
     ) -> None:
         self.images = FakeImages(images, default_image)
         self.containers = FakeContainers(self)
@@ -263,6 +302,12 @@ class FakeClient:
         self.load_messages = list(load_messages)
         self.build_stream = list(build_stream)
         self.build_interrupt_after = build_interrupt_after
+        self.push_stream = list(push_stream)
+        self.push_interrupt_after = push_interrupt_after
+        self.pull_stream = list(pull_stream)
+        self.pull_interrupt_after = pull_interrupt_after
+        self.pull_error = pull_error
+        self.pulled_image = pulled_image
 
     @property
     def created(self) -> list[FakeContainer]:

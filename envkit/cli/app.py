@@ -46,6 +46,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "matrix": ("envkit.cli.matrix", "matrix_cmd",
                "Show which torch / CUDA / cuDNN / Python combinations exist."),
     "ps": ("envkit.cli.dev", "ps_cmd", "List the containers `envkit run` started."),
+    "pull": ("envkit.cli.registry", "pull_cmd",
+             "Pull REF (REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:...) and print its image ID."),
+    "push": ("envkit.cli.registry", "push_cmd",
+             "Push NAME|IMAGE to a registry and print its digest; "
+             "`envkit snapshot` records where it went."),
     "render": ("envkit.cli.image", "render_cmd",
                "Print the Dockerfile for NAME (catalog name:tag or spec file). Needs no engine."),
     "restore": ("envkit.cli.record", "restore_cmd",

@@ -185,13 +185,22 @@ def _settle_tag(client: Any, result: Any, tag: str, expected: str) -> Any:
               "network cut off: only the bundle's wheels and mirror files are reachable.")
 @click.option("--ca-bundle", envvar="ENVKIT_CA_BUNDLE", help="CA bundle for the builder stage "
               "(default: PIP_CERT, SSL_CERT_FILE or REQUESTS_CA_BUNDLE).")
+@click.option("--from-registry", is_flag=True, help="Only pull from the manifest's registry "
+              "locations; never rebuild.")
+@click.option("--rebuild", is_flag=True, help="Rebuild even when the manifest names registry "
+              "locations; never pull.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @_trust_options
 def restore_cmd(
     manifest_path: Path, tag: str | None, force: bool, no_cache: bool, offline: bool, ca_bundle: str | None,
-    as_json: bool, trust_file: Path | None, signer: str | None,
+    from_registry: bool, rebuild: bool, as_json: bool, trust_file: Path | None, signer: str | None,
 ) -> None:
-    """Rebuild the image a manifest describes and prove it is the same image (exit 9 if not)."""
+    """Rebuild the image a manifest describes and prove it is the same image (exit 9 if not).
+
+    When the manifest names registry locations (`envkit push`, then `envkit snapshot`), the image
+    is pulled by digest from the first that answers and its ID checked against the manifest (exit
+    5 if it differs, no tag moved); it is rebuilt only when no location answers.
+    """
     from envkit.cli.image import check_tag
     from envkit.engine.client import get_client
     from envkit.record.bundle import (
@@ -212,6 +221,8 @@ def restore_cmd(
                          hint=f"make one with network: envkit bundle {manifest_path} -o env.bundle")
     if tag is not None:
         check_tag(tag)
+    if from_registry and (rebuild or offline):
+        raise UsageError("--from-registry cannot go with --rebuild or --offline")
     trust = trust_from_options(trust_file, signer)
     progress = console.Progress(f"restore {manifest_path}")
     manifest = None if bundled else read_trusted_manifest(manifest_path, trust)[1]
@@ -222,13 +233,20 @@ def restore_cmd(
             manifest = bundle_manifest(opened)
         assert manifest is not None
         tag, drift_tag = _restore_tags(client, manifest, tag, force=force)
+        # The tag comes from the user or the spec, never from the manifest (see _restore_tags).
+        fetched = None if offline or rebuild else _fetch_from_registry(
+            client, manifest, tag=tag, required=from_registry, say=progress.say)
         staging = _staging_tag(client, tag, force=force)
         if offline:
             events = restore_offline_events(client, opened, manifest, tag=staging, nocache=no_cache)
         else:
             events = restore_events(client, manifest, tag=staging, nocache=no_cache, ca_bundle=ca_bundle)
-        built = console.show_job(progress.title, events, progress)
-        result = _settle_tag(client, built, tag, manifest.image.id)
+        # A generator runs nothing until read: when the image was pulled, no build step starts.
+        if fetched is not None:
+            result = fetched
+        else:
+            built = console.show_job(progress.title, events, progress)
+            result = _settle_tag(client, built, tag, manifest.image.id)
     if manifest.drift is not None:
         _finish_drift_restore(client, manifest, result, tag=drift_tag, nocache=no_cache, as_json=as_json)
         return
@@ -238,6 +256,8 @@ def restore_cmd(
                                            "identical": identical, "offline": offline}))
     if identical:
         how = " (offline, from the bundle alone)" if offline else ""
+        if getattr(result, "location", None):
+            how = f" (pulled from {result.location}, no build step)"
         console.success(f"identical: {result.tag} is {result.image_id}, the manifest's image{how}")
         return
     from envkit.record.diff import diff_images
@@ -249,6 +269,22 @@ def restore_cmd(
     render_diff(difference, console.console)
     kept = f" (tagged {result.tag}; {tag} was left where it was)" if result.tag != tag else ""
     raise ReproMismatch(f"restored {result.image_id}{kept}, the manifest records {manifest.image.id}")
+
+
+def _fetch_from_registry(client: Any, manifest: Any, *, tag: str | None, required: bool, say: Any) -> Any:
+    """The manifest's image pulled from its registry locations, or None to rebuild it instead."""
+    from envkit.record.fetch import fetch_manifest_image, registry_only_failure
+
+    if not manifest.image.locations and not required:
+        return None
+    result, attempts = fetch_manifest_image(client, manifest, tag=tag, say=say)
+    if result is None and required:
+        raise registry_only_failure(manifest, attempts)
+    for attempt in attempts:
+        console.warning(f"{attempt.location} did not answer: {attempt.reason}")
+    if result is None:
+        console.warning(f"none of the manifest's {len(attempts)} registry location(s) answered: rebuilding")
+    return result
 
 
 @click.command("diff")

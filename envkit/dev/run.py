@@ -40,6 +40,7 @@ import docker.types
 from envkit import labels as label_keys
 from envkit.engine.tarstream import tar_bytes
 from envkit.errors import EngineRefused, EnvkitError, GpuHostNotReady, UsageError, VerificationFailed
+from envkit.state import state_root
 
 MANAGED_LABEL = label_keys.MANAGED
 SERVICES_LABEL = label_keys.SERVICES
@@ -585,14 +586,6 @@ def _writability_warning(path: Path, uid: int) -> str | None:
 
 
 # --- state on the host ---------------------------------------------------------------------------
-
-
-def state_root() -> Path:
-    override = os.environ.get("ENVKIT_STATE_DIR")
-    if override:
-        return Path(override)
-    xdg = os.environ.get("XDG_STATE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "envkit"
 
 
 def _write_private(path: Path, data: str) -> None:

@@ -15,10 +15,20 @@ from urllib.parse import urlsplit
 
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import Version
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from envkit import __version__
 from envkit.atomic import write_text
+from envkit.engine.registry import is_location
 from envkit.errors import IntegrityError, UsageError
 from envkit.jsonio import canonical_digest, pretty_text
 from envkit.lock import grammar
@@ -27,7 +37,9 @@ from envkit.spec.model import ImageSpec
 from envkit.untrusted import UntrustedError, bad_char, check_inert, decode, load_json
 
 # 2 added the optional `drift` (a running container's changes, `snapshot --container`); 1 still reads.
-SCHEMA_VERSION = 2
+# 3 added the optional `image.locations` (registries holding the image by digest), left out of the
+# JSON when there is none; 1 and 2 still read, and keep their digest.
+SCHEMA_VERSION = 3
 
 
 # The biggest manifest envkit reads; real ones are a few hundred KB.
@@ -99,6 +111,9 @@ class ImageRecord(_Strict):
     layers: list[str]
     tags: list[str]  # kept as a record of where the image was; never used to choose a local tag
     size: int = Field(ge=0)
+    # Where registries hold this image, as REGISTRY/REPO@sha256:<manifest digest>; `envkit restore`
+    # pulls from these first. Absent (not an empty list) in a manifest that names none.
+    locations: list[str] = Field(default_factory=list)
 
     @field_validator("id")
     @classmethod
@@ -114,6 +129,23 @@ class ImageRecord(_Strict):
     @classmethod
     def _tags(cls, value: list[str]) -> list[str]:
         return [check_image_tag(tag) for tag in value]
+
+    @field_validator("locations")
+    @classmethod
+    def _strict_locations(cls, value: list[str]) -> list[str]:
+        for location in value:
+            if not is_location(location):
+                raise ValueError(f"{location!r} is not a REGISTRY/REPO@sha256:<64 hex> location")
+        if len(set(value)) != len(value):
+            raise ValueError("a location is listed twice")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_no_locations(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if not data.get("locations"):
+            data.pop("locations", None)
+        return data
 
 
 class PythonPackage(_Strict):

@@ -16,6 +16,7 @@ import docker.errors
 from packaging.utils import canonicalize_name
 
 from envkit import __version__, labels
+from envkit.engine.registry import known_locations
 from envkit.errors import IntegrityError, UsageError
 from envkit.lock.python import LockFile
 from envkit.record.manifest import (
@@ -137,6 +138,7 @@ def snapshot(
     found = collect_packages(client, attrs["Id"])
     packages, mismatches = python_packages_against_lock(found["python"], lock)
     arch = image_labels.get(labels.ARCH_LIST, "")
+    locations = known_locations(attrs["Id"])
     return build_manifest(
         schema_version=SCHEMA_VERSION,
         envkit_version=__version__,
@@ -146,6 +148,7 @@ def snapshot(
             layers=list((attrs.get("RootFS") or {}).get("Layers") or []),
             tags=sorted(attrs.get("RepoTags") or []),
             size=int(attrs.get("Size") or 0),
+            locations=locations,
         ),
         spec=spec,
         spec_digest=image_labels.get(labels.SPEC_DIGEST, ""),
