@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from pathlib import Path
@@ -49,13 +50,20 @@ def test_not_a_bundle_exits_2_and_a_damaged_one_exits_5(tmp_path: Path) -> None:
     result = run_envkit("restore", str(fake), "--offline")
     assert result.returncode == 2, result.stderr
 
-    root = tmp_path / "members" / "wheels"
-    root.mkdir(parents=True)
-    (root / "a-1-py3-none-any.whl").write_bytes(b"wheel")
-    files = {"wheels/a-1-py3-none-any.whl": {"sha256": "0" * 64, "size": 5}}
-    index = BundleIndex(1, "sha256:m", "sha256:i", "b:1", "sha256:b", files, {"a-1-py3-none-any.whl": "0" * 64})
+    # An index that passes its own grammar, but whose wheel's bytes do not match the sha256 it lists.
+    members = tmp_path / "members"
+    (members / "wheels").mkdir(parents=True)
+    (members / "base").mkdir()
+    (members / "wheels" / "a-1-py3-none-any.whl").write_bytes(b"wheel")
+    (members / "base" / "image.tar").write_bytes(b"base")
+    files = {
+        "wheels/a-1-py3-none-any.whl": {"sha256": "0" * 64, "size": 5},
+        "base/image.tar": {"sha256": hashlib.sha256(b"base").hexdigest(), "size": 4},
+    }
+    index = BundleIndex(1, "sha256:" + "1" * 64, "sha256:" + "2" * 64, "envkit/debian:bookworm", "sha256:" + "3" * 64,
+                        files, {"a-1-py3-none-any.whl": "0" * 64})
     damaged = tmp_path / "damaged.bundle"
-    write_bundle(damaged, "{}", index, tmp_path / "members", 0)
+    write_bundle(damaged, "{}", index, members, 0)
     result = run_envkit("restore", str(damaged), "--offline")
     assert result.returncode == 5, result.stderr
     assert "does not match its sha256" in result.stderr
