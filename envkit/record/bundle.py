@@ -153,7 +153,9 @@ class BundleIndex:
 
 # A member of a bundle: relative, plain segments, nothing that climbs out or hides.
 _SEGMENT = r"[A-Za-z0-9_+~@=][A-Za-z0-9._+~@=%\-]{0,254}"
-MEMBER_RE = re.compile(rf"(?:{_SEGMENT}/){{0,8}}{_SEGMENT}")
+# Mirror files keep their URL path (apt/<host>/debian/dists/<suite>/main/binary-amd64/by-hash/SHA256/<hex>
+# is ten segments), so the depth allows for deep mirror layouts.
+MEMBER_RE = re.compile(rf"(?:{_SEGMENT}/){{0,31}}{_SEGMENT}")
 MAX_INDEX_BYTES = 16 << 20
 _INDEX_KEYS = (
     "schema_version", "manifest_digest", "image_id", "base_ref", "base_image_id", "files", "wheels",

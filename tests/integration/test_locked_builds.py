@@ -37,6 +37,8 @@ def test_tampered_wheel_hash_fails_with_exit_5_and_keeps_the_old_tag(
     bogus = "sha256:" + "0" * 64
     tampered = re.sub(r"sha256:[0-9a-f]{64}", bogus, hashes)
     lock["python_requirements"] = text.replace(hashes, tampered)
+    # The package table says the same, so the lock is consistent and only the wheel's bytes refute it.
+    lock["packages"]["filelock"]["hashes"] = ["0" * 64] * len(lock["packages"]["filelock"]["hashes"])
     lock_path.write_text(json.dumps(lock, indent=2, sort_keys=True))
 
     target = f"envkit-test/tampered:{uuid.uuid4().hex[:8]}"
