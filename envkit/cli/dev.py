@@ -122,7 +122,7 @@ def _run(**options: object) -> None:
         client,
         plan,
         timeout=float(options["timeout"]),  # type: ignore[arg-type]
-        on_ready=lambda e: console.info(f"  {e.service} answers on {e.host}:{e.port}"),
+        show=lambda event: console.info("  " + event.message),
     )
     if options["as_json"]:
         console.out.print_json(json.dumps(result.to_json()))

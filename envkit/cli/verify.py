@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from envkit.errors import UsageError
+from envkit.events import Event
 from envkit.incontainer.probe import WORKLOADS
 from envkit.verify.runner import DEFAULT_TIMEOUT_S, VerifyOptions, raise_for_verdict
 from envkit.verify.runner import verify as run_verify
@@ -103,11 +104,11 @@ def verify_cmd(
         steps=steps,
     )
 
-    def show(line: str) -> None:
-        if line.startswith("[bench]"):
-            console.info("  " + line)
+    def show(event: Event) -> None:
+        if event.message.startswith("[bench]"):
+            console.info("  " + event.message)
 
-    report = run_verify(options, on_line=show)
+    report = run_verify(options, show=show)
     if json_path is not None:
         if str(json_path) == "-":
             sys.stdout.write(report.to_json())

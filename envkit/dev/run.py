@@ -40,6 +40,7 @@ import docker.types
 from envkit import labels as label_keys
 from envkit.engine.tarstream import tar_bytes
 from envkit.errors import EngineRefused, EnvkitError, GpuHostNotReady, UsageError, VerificationFailed
+from envkit.events import Event, Show
 from envkit.state import state_root
 
 MANAGED_LABEL = label_keys.MANAGED
@@ -801,7 +802,7 @@ def wait_ready(
     token: str | None,
     *,
     timeout: float,
-    on_ready: Callable[[Endpoint], None] | None = None,
+    show: Show | None = None,
     probe_fn: Callable[[Endpoint, str | None], bool] = probe,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
@@ -815,8 +816,9 @@ def wait_ready(
         for service, endpoint in list(pending.items()):
             if probe_fn(endpoint, token):
                 del pending[service]
-                if on_ready:
-                    on_ready(endpoint)
+                if show:
+                    show(Event("phase", f"{endpoint.service} answers on {endpoint.host}:{endpoint.port}",
+                               data={"endpoint": endpoint}))
         if not pending and plan.services:
             return endpoints
         container.reload()
@@ -846,7 +848,7 @@ def launch(
     plan: RunPlan,
     *,
     timeout: float = 180.0,
-    on_ready: Callable[[Endpoint], None] | None = None,
+    show: Show | None = None,
 ) -> RunResult:
     """Create, fill, start and wait. On any failure the container is removed again."""
     started = time.monotonic()
@@ -858,7 +860,7 @@ def launch(
             container.start()
         except docker.errors.APIError as exc:
             raise _engine_error(exc, plan, client) from None
-        endpoints = wait_ready(container, plan, token, timeout=timeout, on_ready=on_ready)
+        endpoints = wait_ready(container, plan, token, timeout=timeout, show=show)
     except BaseException:
         remove(client, container.id, state_dir)
         raise

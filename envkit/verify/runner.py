@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from envkit import labels as label_keys
 from envkit.engine.tarstream import tar_bytes
 from envkit.errors import EngineUnreachable, EnvkitError, GpuHostNotReady, UsageError, VerificationFailed
+from envkit.events import Event
 from envkit.incontainer.probe import EVENT_PREFIX, PROBE_DIR, SCRIPT_FILES, archs
 from envkit.verify import preflight as pf
 from envkit.verify.report import (
@@ -58,7 +59,7 @@ PASS_THROUGH_ENV_PREFIXES = ("ENVKIT_BENCH_",)
 DEFAULT_TIMEOUT_S = 1800.0
 LOG_TAIL_CHARS = 4000
 
-EventSink = Callable[[str], None]
+EventSink = Callable[[Event], None]  # each stderr line of a script, as a log event
 ModelT = TypeVar("ModelT")
 
 
@@ -107,7 +108,7 @@ class ScriptExecutor:
         raise NotImplementedError
 
     def launch(
-        self, argv: list[str], *, timeout_s: float, distributed: bool, on_line: EventSink | None
+        self, argv: list[str], *, timeout_s: float, distributed: bool, show: EventSink | None
     ) -> RunResult:
         """Run ``python ARGV`` (``argv`` holds what follows the interpreter)."""
         raise NotImplementedError
@@ -119,12 +120,12 @@ class ScriptExecutor:
         *,
         timeout_s: float,
         nproc: int = 1,
-        on_line: EventSink | None = None,
+        show: EventSink | None = None,
     ) -> RunResult:
         argv = [self.script_path(script), *args]
         if nproc > 1:
             argv = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *argv]
-        return self.launch(argv, timeout_s=timeout_s, distributed=nproc > 1, on_line=on_line)
+        return self.launch(argv, timeout_s=timeout_s, distributed=nproc > 1, show=show)
 
 
 class NativeExecutor(ScriptExecutor):
@@ -137,7 +138,7 @@ class NativeExecutor(ScriptExecutor):
         return str(PROBE_DIR / script)
 
     def launch(
-        self, argv: list[str], *, timeout_s: float, distributed: bool, on_line: EventSink | None
+        self, argv: list[str], *, timeout_s: float, distributed: bool, show: EventSink | None
     ) -> RunResult:
         argv = [self.python, *argv]
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
@@ -156,8 +157,8 @@ class NativeExecutor(ScriptExecutor):
             assert proc.stderr is not None
             for line in proc.stderr:
                 err_lines.append(line)
-                if on_line:
-                    on_line(line.rstrip("\n"))
+                if show:
+                    show(Event("log", line.rstrip("\n")))
 
         readers = [
             threading.Thread(target=read_out, daemon=True),
@@ -249,7 +250,7 @@ class ContainerExecutor(ScriptExecutor):
         return f"{CONTAINER_PROBE_DIR}/{script}"
 
     def launch(
-        self, argv: list[str], *, timeout_s: float, distributed: bool, on_line: EventSink | None
+        self, argv: list[str], *, timeout_s: float, distributed: bool, show: EventSink | None
     ) -> RunResult:
         import docker.errors  # noqa: PLC0415
         import requests.exceptions  # noqa: PLC0415
@@ -288,8 +289,8 @@ class ContainerExecutor(ScriptExecutor):
                 container.start()
             except docker.errors.APIError as exc:
                 raise map_start_error(str(exc), min_driver=self.min_driver, cuda=self.cuda) from exc
-            if on_line:
-                follower = threading.Thread(target=self._follow, args=(container, on_line), daemon=True)
+            if show:
+                follower = threading.Thread(target=self._follow, args=(container, show), daemon=True)
                 follower.start()
             timed_out = False
             exit_code: int | None = None
@@ -314,14 +315,14 @@ class ContainerExecutor(ScriptExecutor):
         return RunResult(stdout, stderr, exit_code, timed_out, _split_events(stderr.splitlines()))
 
     @staticmethod
-    def _follow(container: Any, on_line: EventSink) -> None:
+    def _follow(container: Any, show: EventSink) -> None:
         pending = ""
         try:
             for chunk in container.logs(stream=True, follow=True, stdout=False, stderr=True):
                 pending += chunk.decode(errors="replace")
                 *lines, pending = pending.split("\n")
                 for line in lines:
-                    on_line(line)
+                    show(Event("log", line))
         except Exception:  # noqa: BLE001 - progress only; the container going away ends the stream
             return
 
@@ -636,12 +637,12 @@ class _Stages:
     report: VerifyReport
     options: VerifyOptions
     executor: Any
-    on_line: EventSink | None
+    show: EventSink | None
 
     def run(self, script: str, args: list[str], nproc: int = 1) -> RunResult | None:
         try:
             return self.executor.run(
-                script, args, timeout_s=self.options.timeout_s, nproc=nproc, on_line=self.on_line
+                script, args, timeout_s=self.options.timeout_s, nproc=nproc, show=self.show
             )
         except (GpuHostNotReady, VerificationFailed) as exc:
             self.report.verdict = _error_verdict(exc)
@@ -776,7 +777,7 @@ def verify(
     client_factory: Callable[[], Any] = default_client,
     readers: pf.HostReaders | None = None,
     executor: Any | None = None,
-    on_line: EventSink | None = None,
+    show: EventSink | None = None,
 ) -> VerifyReport:
     opts = asdict(options) | {"run_id": uuid.uuid4().hex[:12]}
     setup_for = _native_setup if options.native else _container_setup
@@ -786,7 +787,7 @@ def verify(
         return report
     if setup.image_error is not None:
         raise setup.image_error
-    stages = _Stages(report, options, setup.executor, on_line)
+    stages = _Stages(report, options, setup.executor, show)
     if not _run_probe(stages):
         return report
     problems = _run_bench(stages)

@@ -601,3 +601,16 @@ def test_native_ddp_rank_failure_ends_fast_with_the_cause(monkeypatch: pytest.Mo
     assert any("rank 1 failed in resnet50" in p and "injected failure on rank 1" in p for p in problems), (
         problems
     )
+
+
+def test_script_progress_reaches_the_cli_as_log_events(tmp_path: Path) -> None:
+    """The probe's and benchmark's stderr lines reach ``show`` as the one progress Event type."""
+    from envkit.events import Event
+
+    script = tmp_path / "talk.py"
+    script.write_text("import sys\nprint('[bench] resnet50 fp32 step 1', file=sys.stderr)\nprint('{}')\n")
+    seen: list[Event] = []
+    executor = runner.NativeExecutor()
+    result = executor.launch([str(script)], timeout_s=60, distributed=False, show=seen.append)
+    assert result.exit_code == 0
+    assert seen == [Event("log", "[bench] resnet50 fp32 step 1")]
