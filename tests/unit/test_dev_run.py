@@ -236,6 +236,19 @@ def test_a_service_that_never_answers_times_out_naming_it() -> None:
     assert "no answer within 3s from tensorboard on 127.0.0.1:40000" in str(caught.value)
 
 
+def test_each_service_that_answers_is_shown_as_a_phase_event() -> None:
+    from envkit.events import Event
+
+    client = dev_client()
+    plan = devrun.plan_run(client, "img", services=["tensorboard"], host_ports={"tensorboard": 0}, name="ready")
+    container, _ = devrun.create(client, plan)
+    seen: list[Event] = []
+    endpoints = devrun.wait_ready(container, plan, None, timeout=3, probe_fn=lambda e, t: True, show=seen.append)
+    assert [e.kind for e in seen] == ["phase"]
+    assert seen[0].message == f"tensorboard answers on {endpoints[0].host}:{endpoints[0].port}"
+    assert seen[0].data["endpoint"] == endpoints[0]
+
+
 def test_endpoints_carry_the_token_only_in_the_login_url() -> None:
     client = dev_client()
     plan = devrun.plan_run(client, "img", services=["jupyter", "tensorboard"],
