@@ -168,11 +168,13 @@ def test_push_pull_by_digest_and_restore_on_a_second_engine_without_building(
     assert second_engine.client.api.inspect_image("envkit-test/pulled:1")["Id"] == image_id
     second_engine.client.api.remove_image(image_id, force=True)  # the restore below starts empty
 
-    # restore from a manifest naming the location: the identical image, and no build step ran.
+    # restore from a manifest naming the location: the identical image, and no build step ran. The tag
+    # is the user's (--tag): restore never takes one from the manifest.
     manifest_path = tmp_path / "m.json"
     write_manifest(manifest_path, _manifest_for(image_id, [location], "envkit-test/restored:1"))
     images_before = {i["Id"] for i in second_engine.client.api.images(all=True)}
-    restored = run_envkit("restore", str(manifest_path), "--json", env={**second_engine.env, **state}, timeout=300)
+    restored = run_envkit("restore", str(manifest_path), "--tag", "envkit-test/restored:1", "--json",
+                          env={**second_engine.env, **state}, timeout=300)
     assert restored.returncode == 0, restored.stderr
     out = json.loads(restored.stdout)
     assert out["identical"] is True and out["image_id"] == image_id and out["built"] is False
@@ -189,7 +191,8 @@ def test_pulled_image_that_is_not_the_manifests_exits_5_and_tags_nothing(
     location = json.loads(pushed.stdout)["location"]
     manifest_path = tmp_path / "m.json"
     write_manifest(manifest_path, _manifest_for("sha256:" + "c" * 64, [location], "envkit-test/wrong:1"))
-    refused = run_envkit("restore", str(manifest_path), env={**second_engine.env, **state}, timeout=300)
+    refused = run_envkit("restore", str(manifest_path), "--tag", "envkit-test/wrong:1",
+                         env={**second_engine.env, **state}, timeout=300)
     assert refused.returncode == 5, refused.stderr
     assert "not the manifest's" in _flat(refused.stderr)
     assert not any(i["Id"] == image_id for i in second_engine.client.api.images(all=True))
@@ -248,8 +251,8 @@ def test_stopped_registry_exits_6_and_restore_from_registry_names_what_it_tried(
     assert "unreachable" in _flat(pulled.stderr)
     manifest_path = tmp_path / "m.json"
     write_manifest(manifest_path, _manifest_for(image_id, [location], "envkit-test/gone:1"))
-    restored = run_envkit("restore", str(manifest_path), "--from-registry", env={**second_engine.env, **state},
-                          timeout=300)
+    restored = run_envkit("restore", str(manifest_path), "--from-registry", "--tag", "envkit-test/gone:1",
+                          env={**second_engine.env, **state}, timeout=300)
     assert restored.returncode == 6, restored.stderr
     assert location in restored.stderr.replace("\n", "")
 
