@@ -461,11 +461,16 @@ def parse_manifest(text: str | bytes, path: str) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        problem = exc.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"])
         raise IntegrityError(
-            f"{path} does not follow manifest schema {version}: {where}: {problem['msg']}"
+            f"{path} does not follow manifest schema {version}: {first_problem(exc)}"
         ) from None
+
+
+def first_problem(exc: ValidationError) -> str:
+    """The first error of a failed validation as ``field.path: message``."""
+    problem = exc.errors()[0]
+    where = ".".join(str(part) for part in problem["loc"])
+    return f"{where}: {problem['msg']}"
 
 
 def build_manifest(**fields: Any) -> Manifest:
@@ -477,8 +482,4 @@ def build_manifest(**fields: Any) -> Manifest:
     try:
         return seal_manifest(Manifest(**fields))
     except ValidationError as exc:
-        problem = exc.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"])
-        raise IntegrityError(
-            f"the image holds a value a manifest refuses: {where}: {problem['msg']}"
-        ) from None
+        raise IntegrityError(f"the image holds a value a manifest refuses: {first_problem(exc)}") from None
