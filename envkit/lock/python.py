@@ -131,13 +131,8 @@ def check_requirements_text(text: str) -> dict[str, tuple[str, list[str]]]:
 class LockedPackage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: str
+    version: grammar.PythonVersion
     hashes: list[str]
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, value: str) -> str:
-        return grammar.check_python_version(value)
 
     @field_validator("hashes")
     @classmethod
