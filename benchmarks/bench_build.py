@@ -41,6 +41,13 @@ def envkit(*args: str) -> list[str]:
     return [sys.executable, "-m", "envkit", *args]
 
 
+def write_json(path: Path | None, results: dict[str, object]) -> None:
+    """Write ``results`` as indented, key-sorted JSON to ``path`` (its folder made); nothing if None."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", default="pytorch-cuda:2.8")
@@ -120,9 +127,7 @@ def main() -> int:
         print(f"{name:<{width}}  {value:>10}  {target}")
     text = json.dumps(results, indent=2, sort_keys=True)
     print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    write_json(args.json, results)
     return 0
 
 

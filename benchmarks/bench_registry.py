@@ -201,9 +201,7 @@ def main() -> int:
                  ("  layers sent / already there", f"{sp['layers_pushed']} / {sp['layers_present']}")]
     for name, value in rows:
         print(f"{name:<40} {value!s:>16}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    bench_build.write_json(args.json, results)
     return 0
 
 

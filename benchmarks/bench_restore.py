@@ -136,9 +136,7 @@ def main() -> int:
     ]
     for name, value, target in rows:
         print(f"{name:<40} {value!s:>12}  {target}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    bench_build.write_json(args.json, results)
     return 0
 
 

@@ -55,7 +55,11 @@ def bad_char(text: str, *, allow: str = "") -> str | None:
     return None
 
 
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A ``json.loads`` ``object_pairs_hook``: the object as a dict, a repeated key refused.
+
+    Raises UntrustedError, a ValueError, naming the key.
+    """
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
@@ -114,7 +118,7 @@ def load_json(text: str, *, max_depth: int = MAX_DEPTH) -> Any:
     if _bracket_depth(text, max_depth):
         raise UntrustedError(f"nested deeper than {max_depth} levels")
     try:
-        return json.loads(text, object_pairs_hook=_pairs)
+        return json.loads(text, object_pairs_hook=no_duplicate_keys)
     except UntrustedError:
         raise
     except (ValueError, RecursionError) as exc:

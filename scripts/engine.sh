@@ -6,26 +6,14 @@
 #   ENVKIT_DOCKERD_ROOT=/var/lib/docker2 ENVKIT_DOCKER_SOCK=/run/docker2.sock scripts/engine.sh
 #     starts a second engine with its own data-root (it stands in for a second machine).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 sock="${ENVKIT_DOCKER_SOCK:-/var/run/docker.sock}"
 data_root="${ENVKIT_DOCKERD_ROOT:-/var/lib/docker}"
 exec_root="${ENVKIT_DOCKERD_EXEC_ROOT:-}"
 log="${ENVKIT_DOCKERD_LOG:-/var/log/envkit-dockerd.log}"
 
-need_install=()
-command -v dockerd >/dev/null 2>&1 || need_install+=(docker.io)
-command -v mmdebstrap >/dev/null 2>&1 || need_install+=(mmdebstrap)
-command -v zstd >/dev/null 2>&1 || need_install+=(zstd)
-if [ ${#need_install[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "engine.sh: ${need_install[*]} missing and not root; install them and rerun" >&2
-    exit 3
-  fi
-  echo "engine.sh: installing ${need_install[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need_install[@]}" >/dev/null
-fi
+install_missing engine.sh dockerd=docker.io mmdebstrap=mmdebstrap zstd=zstd
 
 docker_cli=(docker -H "unix://$sock")
 if "${docker_cli[@]}" version --format '{{.Server.Version}}' >/dev/null 2>&1; then

@@ -12,6 +12,7 @@
 # An engine trusts 127.0.0.0/8 over plain HTTP by default; any other address needs TLS with a CA
 # the engine trusts (/etc/docker/certs.d/ADDR:PORT/ca.crt), or `--insecure-registry` on dockerd.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() { echo "usage: $0 start DIR [ADDR:PORT] | stop DIR" >&2; exit 2; }
 [ $# -ge 2 ] || usage
@@ -36,19 +37,7 @@ case "$action" in
 esac
 
 addr="${3:-127.0.0.1:5000}"
-need_install=()
-command -v docker-registry >/dev/null 2>&1 || need_install+=(docker-registry)
-command -v curl >/dev/null 2>&1 || need_install+=(curl)
-if [ ${#need_install[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "registry.sh: ${need_install[*]} missing and not root; install them and rerun" >&2
-    exit 3
-  fi
-  echo "registry.sh: installing ${need_install[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need_install[@]}" >/dev/null
-fi
+install_missing registry.sh docker-registry=docker-registry curl=curl
 
 mkdir -p "$dir/storage"
 stop

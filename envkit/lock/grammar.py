@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable
+from typing import Annotated
 
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
+from pydantic import AfterValidator
 
 # Policy 5.6.1: lower case letters, digits, + - . ; at least two characters, starting alphanumeric.
 DEBIAN_NAME_RE = re.compile(r"[a-z0-9][a-z0-9+.\-]+")
@@ -66,3 +68,8 @@ def check_python_version(version: str) -> str:
     if control_char(version) or version != version.strip() or " " in version or str(parsed) == "":
         raise ValueError(f"{version!r} is not a PEP 440 version")
     return version
+
+
+# Model field types checked by the functions above.
+PythonName = Annotated[str, AfterValidator(check_python_name)]
+PythonVersion = Annotated[str, AfterValidator(check_python_version)]

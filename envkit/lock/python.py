@@ -26,6 +26,7 @@ from envkit.jsonio import canonical_digest
 from envkit.lock import grammar
 from envkit.platforms import uv_platform
 from envkit.spec.model import MIRROR_RE, SUITE_RE
+from envkit.untrusted import no_duplicate_keys
 
 LOCK_SCHEMA_VERSION = 1
 DEFAULT_PLATFORM = uv_platform(platforms.DEFAULT_PLATFORM)
@@ -130,13 +131,8 @@ def check_requirements_text(text: str) -> dict[str, tuple[str, list[str]]]:
 class LockedPackage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: str
+    version: grammar.PythonVersion
     hashes: list[str]
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, value: str) -> str:
-        return grammar.check_python_version(value)
 
     @field_validator("hashes")
     @classmethod
@@ -335,15 +331,6 @@ def packages_of(text: str) -> dict[str, LockedPackage]:
     return {name: LockedPackage(version=v, hashes=h) for name, (v, h) in parse_locked(text).items()}
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in found:
-            raise ValueError(f"duplicate key {key!r}")
-        found[key] = value
-    return found
-
-
 def _error_field(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc if part != "__root__")
 
@@ -388,7 +375,7 @@ def read_lock(path: str | Path) -> LockFile:
     except UnicodeDecodeError as exc:
         raise LockError(str(path), "", f"not UTF-8 text (byte {exc.start})") from None
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        data = json.loads(text, object_pairs_hook=no_duplicate_keys)
     except RecursionError:
         raise IntegrityError(f"{path}: not a valid lock file (nested too deeply)") from None
     except ValueError as exc:

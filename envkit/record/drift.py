@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from envkit import labels, platforms
 from envkit.engine.client import tag_image
 from envkit.errors import IntegrityError, NetworkError, ReproMismatch, UsageError
-from envkit.record.manifest import DiffCounts, Drift, LockedWheel, Manifest, seal_manifest
+from envkit.record.manifest import DiffCounts, Drift, LockedWheel, Manifest, first_problem, seal_manifest
 from envkit.record.snapshot import COLLECT_SCRIPT, collect_packages, snapshot
 from envkit.resources import incontainer_dir
 
@@ -118,12 +118,25 @@ def compare_packages(image: dict[str, Any], container: dict[str, Any]) -> Packag
     )
 
 
-def apt_changes(image: dict[str, str], container: dict[str, str]) -> list[str]:
-    added, changed, removed = changed_keys(image, container)
-    lines = [f"{n}: added {container[n]}" for n in added]
-    lines += [f"{n}: {image[n]} -> {container[n]}" for n in changed]
-    lines += [f"{n}: removed {image[n]}" for n in removed]
+def change_lines(
+    before: dict[str, str], after: dict[str, str], added: str, changed: str, removed: str
+) -> list[str]:
+    """One line a key only ``after`` has, whose value changed, or only ``before`` has, in that order.
+
+    Each template is formatted with ``name``, ``before`` (the key's value in ``before``) and
+    ``after`` (its value in ``after``), where the key has one there.
+    """
+    only_after, different, only_before = changed_keys(before, after)
+    lines = [added.format(name=n, after=after[n]) for n in only_after]
+    lines += [changed.format(name=n, before=before[n], after=after[n]) for n in different]
+    lines += [removed.format(name=n, before=before[n]) for n in only_before]
     return lines
+
+
+def apt_changes(image: dict[str, str], container: dict[str, str]) -> list[str]:
+    return change_lines(
+        image, container, "{name}: added {after}", "{name}: {before} -> {after}", "{name}: removed {before}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,10 +349,8 @@ def snapshot_container(
             docker_diff=diff_counts(client, container.id),
         )
     except ValidationError as exc:
-        problem = exc.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"])
         raise IntegrityError(
-            f"the container holds a value a manifest refuses: {where}: {problem['msg']}"
+            f"the container holds a value a manifest refuses: {first_problem(exc)}"
         ) from None
     return seal_manifest(base.model_copy(update={"drift": drift}))
 
@@ -457,11 +468,13 @@ def check_drift_image(client: docker.DockerClient, manifest: Manifest, image_id:
 
 
 def differences(actual: dict[str, str], expected: dict[str, str]) -> list[str]:
-    missing, changed, extra = changed_keys(actual, expected)
-    lines = [f"{n}: missing (container has {expected[n]})" for n in missing]
-    lines += [f"{n}: {actual[n]} (container has {expected[n]})" for n in changed]
-    lines += [f"{n}: {actual[n]} not in the container" for n in extra]
-    return lines
+    return change_lines(
+        actual,
+        expected,
+        "{name}: missing (container has {after})",
+        "{name}: {before} (container has {after})",
+        "{name}: {before} not in the container",
+    )
 
 
 def drift_events(

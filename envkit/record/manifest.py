@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import Version
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -88,6 +89,20 @@ def _digest(value: str) -> str:
     return _matches(grammar.SHA256_DIGEST_RE, value, "a sha256:<64 hex> digest")
 
 
+def _pattern(pattern: re.Pattern[str], what: str) -> AfterValidator:
+    """A field check: the whole value must match ``pattern``; ``what`` names it if not."""
+    return AfterValidator(lambda value: _matches(pattern, value, what))
+
+
+_Digest = Annotated[str, AfterValidator(_digest)]
+_LooseVersion = Annotated[str, _pattern(LOOSE_VERSION_RE, "a version")]
+_Source = Annotated[
+    str, _pattern(SOURCE_RE, "a spec file path (letters, digits, . _ + @ / ~ : - and spaces)")
+]
+_ContainerId = Annotated[str, _pattern(CONTAINER_ID_RE, "a container ID (64 hex digits)")]
+_ContainerName = Annotated[str, _pattern(CONTAINER_NAME_RE, "a container name")]
+
+
 def _loose_version(value: str | None) -> str | None:
     return None if value is None else _matches(LOOSE_VERSION_RE, value, "a version")
 
@@ -107,18 +122,13 @@ class _Strict(BaseModel):
 
 
 class ImageRecord(_Strict):
-    id: str
+    id: _Digest
     layers: list[str]
     tags: list[str]  # kept as a record of where the image was; never used to choose a local tag
     size: int = Field(ge=0)
     # Where registries hold this image, as REGISTRY/REPO@sha256:<manifest digest>; `envkit restore`
     # pulls from these first. Absent (not an empty list) in a manifest that names none.
     locations: list[str] = Field(default_factory=list)
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        return _digest(value)
 
     @field_validator("layers")
     @classmethod
@@ -197,22 +207,12 @@ class StackVersions(_Strict):
 class LockedWheel(_Strict):
     """A distribution added or changed in the container, locked to one wheel on the index."""
 
-    name: str
-    version: str
+    name: grammar.PythonName
+    version: grammar.PythonVersion
     image_version: str | None = None  # None: not in the image at all
     filename: str
     url: str
     sha256: str
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return grammar.check_python_name(value)
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, value: str) -> str:
-        return grammar.check_python_version(value)
 
     @field_validator("image_version")
     @classmethod
@@ -262,23 +262,13 @@ class DiffCounts(_Strict):
 class Drift(_Strict):
     """What a running container changed in its image's Python set, with the wheels to redo it."""
 
-    container_id: str
-    container_name: str
+    container_id: _ContainerId
+    container_name: _ContainerName
     wheels: list[LockedWheel] = Field(default_factory=list)
     removed: dict[str, str] = Field(default_factory=dict)  # name -> version in the image
     python_packages: dict[str, str]  # the container's whole Python set, name -> version
     apt_changes: list[str] = Field(default_factory=list)
     docker_diff: DiffCounts
-
-    @field_validator("container_id")
-    @classmethod
-    def _container_id(cls, value: str) -> str:
-        return _matches(CONTAINER_ID_RE, value, "a container ID (64 hex digits)")
-
-    @field_validator("container_name")
-    @classmethod
-    def _container_name(cls, value: str) -> str:
-        return _matches(CONTAINER_NAME_RE, value, "a container name")
 
     @field_validator("removed", "python_packages")
     @classmethod
@@ -298,11 +288,11 @@ class Drift(_Strict):
 
 class Manifest(_Strict):
     schema_version: int
-    envkit_version: str
-    source: str  # the catalog file the image was built from, as the Dockerfile header names it
+    envkit_version: _LooseVersion
+    source: _Source  # the catalog file the image was built from, as the Dockerfile header names it
     image: ImageRecord
     spec: ImageSpec
-    spec_digest: str
+    spec_digest: _Digest
     lock: LockFile | None  # None: the image was built without a lock file
     base: dict[str, Any]
     source_date_epoch: int
@@ -322,21 +312,6 @@ class Manifest(_Strict):
     def _no_lock(cls, value: object) -> object:
         """Manifests written before the lock was typed record "no lock" as ``{}``."""
         return None if value == {} else value
-
-    @field_validator("envkit_version")
-    @classmethod
-    def _envkit_version(cls, value: str) -> str:
-        return _matches(LOOSE_VERSION_RE, value, "a version")
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, value: str) -> str:
-        return _matches(SOURCE_RE, value, "a spec file path (letters, digits, . _ + @ / ~ : - and spaces)")
-
-    @field_validator("spec_digest")
-    @classmethod
-    def _spec_digest(cls, value: str) -> str:
-        return _digest(value)
 
     @field_validator("digest")
     @classmethod
@@ -461,11 +436,16 @@ def parse_manifest(text: str | bytes, path: str) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        problem = exc.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"])
         raise IntegrityError(
-            f"{path} does not follow manifest schema {version}: {where}: {problem['msg']}"
+            f"{path} does not follow manifest schema {version}: {first_problem(exc)}"
         ) from None
+
+
+def first_problem(exc: ValidationError) -> str:
+    """The first error of a failed validation as ``field.path: message``."""
+    problem = exc.errors()[0]
+    where = ".".join(str(part) for part in problem["loc"])
+    return f"{where}: {problem['msg']}"
 
 
 def build_manifest(**fields: Any) -> Manifest:
@@ -477,8 +457,4 @@ def build_manifest(**fields: Any) -> Manifest:
     try:
         return seal_manifest(Manifest(**fields))
     except ValidationError as exc:
-        problem = exc.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"])
-        raise IntegrityError(
-            f"the image holds a value a manifest refuses: {where}: {problem['msg']}"
-        ) from None
+        raise IntegrityError(f"the image holds a value a manifest refuses: {first_problem(exc)}") from None
