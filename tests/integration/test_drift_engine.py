@@ -19,6 +19,7 @@ from typing import Any
 import docker.errors
 
 from envkit.record.drift import PYPI_SIMPLE, SIMPLE_JSON, http_session
+from envkit.record.manifest import SCHEMA_VERSION
 from envkit.record.snapshot import content_digest
 from tests.conftest import BuiltImage, image_ids, run_envkit
 
@@ -115,7 +116,7 @@ def test_container_drift_is_captured_and_restored(
         snap = run_envkit("snapshot", "--container", name, "-o", str(manifest_path))
         assert snap.returncode == 0, snap.stderr
         manifest = json.loads(manifest_path.read_text())
-        assert manifest["schema_version"] == 2 and manifest["digest"] == content_digest(manifest)
+        assert manifest["schema_version"] == SCHEMA_VERSION and manifest["digest"] == content_digest(manifest)
         assert manifest["image"]["id"] == torch_image.image_id
         drift = manifest["drift"]
         locked = {w["name"]: w for w in drift["wheels"]}
