@@ -102,9 +102,13 @@ def base_cmd(name: str, mirror: str | None, source_date_epoch: int, force: bool)
 @click.option("--ca-bundle", envvar="ENVKIT_CA_BUNDLE", help="CA bundle for the builder stage "
               "(default: PIP_CERT, SSL_CERT_FILE or REQUESTS_CA_BUNDLE).")
 @click.option("--no-seal", is_flag=True, help="Skip rewriting the image into deterministic layers.")
+@click.option("--index-url", envvar="ENVKIT_INDEX_URL",
+              help="A PyPI mirror (PEP 503 simple index) to fetch wheels from; the lock's hashes are "
+              "still enforced [env: ENVKIT_INDEX_URL].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def build_cmd(
-    name: str, tag: str | None, no_cache: bool, ca_bundle: str | None, no_seal: bool, as_json: bool
+    name: str, tag: str | None, no_cache: bool, ca_bundle: str | None, no_seal: bool, index_url: str | None,
+    as_json: bool,
 ) -> None:
     """Render and build NAME on the Docker engine."""
     from envkit.engine.client import get_client
@@ -113,7 +117,7 @@ def build_cmd(
     if tag is not None:
         check_tag(tag)
     # Order matters: spec and compatibility errors (exit 2) before the engine (3) before the network.
-    plan = plan_build(name, ca_bundle=ca_bundle, with_requirements=False)
+    plan = plan_build(name, ca_bundle=ca_bundle, with_requirements=False, index_url=index_url)
     client = get_client()
     ensure_requirements(plan)
     if plan.lock_source == "resolved now":
@@ -133,7 +137,10 @@ def build_cmd(
 @click.argument("names", nargs=-1)
 @click.option("--all", "all_images", is_flag=True, help="Every catalog image.")
 @click.option("--check", is_flag=True, help="Only check: exit 9 when a lock is stale or missing.")
-def lock_cmd(names: tuple[str, ...], all_images: bool, check: bool) -> None:
+@click.option("--index-url", envvar="ENVKIT_INDEX_URL",
+              help="A PyPI mirror (PEP 503 simple index) to fetch wheels from; the lock's hashes are "
+              "still enforced [env: ENVKIT_INDEX_URL].")
+def lock_cmd(names: tuple[str, ...], all_images: bool, check: bool, index_url: str | None) -> None:
     """Resolve and write images/<name>/<tag>.lock (wheels with hashes, base, apt versions)."""
     from envkit.errors import ReproMismatch
     from envkit.events import follow
@@ -159,7 +166,8 @@ def lock_cmd(names: tuple[str, ...], all_images: bool, check: bool) -> None:
     targets = list(names) or [ref for ref, _ in list_catalog_paths()]
     client = get_client()
     for name in targets:
-        plan, written = follow(lock_events(client, name), lambda event: console.info(event.message))
+        events = lock_events(client, name, index_url=index_url)
+        plan, written = follow(events, lambda event: console.info(event.message))
         console.success(
             f"{plan.ref.lock_path.name}: {len(written.packages)} wheels, {len(written.apt)} apt packages, "
             f"base {written.base.get('rootfs', written.base.get('ref'))}"

@@ -354,14 +354,17 @@ def import_cmd(file: Path, max_size: str | None) -> None:
 @click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The bundle file to write (an uncompressed tar; replaced only on success).")
+@click.option("--index-url", envvar="ENVKIT_INDEX_URL",
+              help="A PyPI mirror (PEP 503 simple index) to fetch wheels from; the lock's hashes are "
+              "still enforced [env: ENVKIT_INDEX_URL].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--sign", "sign_key", metavar="KEY", type=click.Path(dir_okay=False, path_type=Path),
               help="Sign the bundle (its index: the manifest's digest and every file's sha256) with "
               "this SSH key.")
 @_trust_options
 def bundle_cmd(
-    manifest_path: Path, output: Path, as_json: bool, sign_key: Path | None, trust_file: Path | None,
-    signer: str | None,
+    manifest_path: Path, output: Path, index_url: str | None, as_json: bool, sign_key: Path | None,
+    trust_file: Path | None, signer: str | None,
 ) -> None:
     """Bundle a manifest with its base, wheels and .debs for `envkit restore BUNDLE --offline`."""
     from envkit.engine.client import get_client
@@ -372,7 +375,7 @@ def bundle_cmd(
     if sign_key is not None and not sign_key.is_file():
         raise UsageError(f"--sign {sign_key}: no such key file")
     client = get_client()
-    events = bundle_events(client, manifest_path, output, sign_key=sign_key, trust=trust)
+    events = bundle_events(client, manifest_path, output, sign_key=sign_key, trust=trust, index_url=index_url)
     index = console.show_job(f"bundle {manifest_path}", events)
     size = output.stat().st_size
     if as_json:

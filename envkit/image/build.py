@@ -12,7 +12,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,8 @@ class BuildPlan:
     lock_digest: str | None = None
     lock_source: str = "none"  # "file", "resolved now", "none" (render only)
     ca_bundle: Path | None = None
+    # A mirror's URLs as the builder stage's ARGs (see envkit.lock.mirror): never in the Dockerfile.
+    mirror_args: dict[str, str] = field(default_factory=dict)
 
     @property
     def spec(self) -> Any:
@@ -128,6 +130,7 @@ def plan_build(
     use_lock: bool = True,
     offline_index: str | None = None,
     source: str | None = None,
+    index_url: str | None = None,
 ) -> BuildPlan:
     """Everything a build needs, decided up front; raises before any engine work starts.
 
@@ -140,7 +143,7 @@ def plan_build(
     lock = read_fresh_lock(ref) if use_lock else None
     return plan_for_spec(
         ref, lock, ca_bundle=ca_bundle, with_requirements=with_requirements, environ=environ,
-        offline_index=offline_index, source=source,
+        offline_index=offline_index, source=source, index_url=index_url,
     )
 
 
@@ -153,6 +156,7 @@ def plan_for_spec(
     environ: dict[str, str] | None = None,
     offline_index: str | None = None,
     source: str | None = None,
+    index_url: str | None = None,
 ) -> BuildPlan:
     """``plan_build`` for a spec and lock already in memory (a manifest's); nothing is read from
     ``ref.path``. A lock made for another spec is refused, as a stale lock file is."""
@@ -161,6 +165,14 @@ def plan_for_spec(
     resolved = resolve_spec(ref)
     base_plan, base_ref = _base_for(ref)
     bundle = detect_ca_bundle(ca_bundle, environ)
+    mirror_args: dict[str, str] = {}
+    if offline_index is None:
+        from envkit.lock import mirror
+
+        mirror_args = mirror.choose(
+            cli_url=index_url, spec_url=ref.spec.index_url, spec_extra=ref.spec.extra_index_url,
+            torch_index=resolved.index_url, environ=environ,
+        ).build_args(torch_index_first=bool(resolved.index_url))
 
     requirements, lock_digest, lock_source = None, None, "none"
     if lock is not None:
@@ -186,6 +198,7 @@ def plan_for_spec(
         ca_bundle=bundle is not None,
         system_pins=dict(lock.apt) if lock else {},
         builder_pins=dict(lock.builder_apt) if lock else {},
+        mirror_args=tuple(sorted(mirror_args)),
     )
     return BuildPlan(
         ref=ref,
@@ -198,6 +211,7 @@ def plan_for_spec(
         lock_digest=lock_digest,
         lock_source=lock_source,
         ca_bundle=bundle,
+        mirror_args=mirror_args,
     )
 
 
@@ -329,7 +343,10 @@ def _stream_build(
     context = make_context(plan)
     yield from stream_context_build(
         client, context.to_tar(plan.spec.source_date_epoch), platform=plan.spec.platform, nocache=nocache,
-        network_mode=network_mode, buildargs=proxy_build_args() if buildargs is None else buildargs,
+        network_mode=network_mode,
+        buildargs={
+            **(proxy_build_args() if buildargs is None else buildargs), **getattr(plan, "mirror_args", {})
+        },
     )
 
 

@@ -17,26 +17,38 @@ from envkit.events import Event, done, drain
 from envkit.image.base import ensure_base
 from envkit.image.build import BuildPlan, plan_build, resolve_spec, top_level_requirements
 from envkit.image.render import builder_packages, system_packages
+from envkit.lock import mirror
 from envkit.lock import python as locks
 from envkit.lock.apt import resolve_apt
 from envkit.platforms import uv_platform
 from envkit.spec.catalog import SpecRef, list_catalog_paths, load
 
 
-def make_lock(client: docker.DockerClient, name: str) -> tuple[BuildPlan, locks.LockFile]:
-    return drain(lock_events(client, name))
+def make_lock(
+    client: docker.DockerClient, name: str, *, index_url: str | None = None
+) -> tuple[BuildPlan, locks.LockFile]:
+    return drain(lock_events(client, name, index_url=index_url))
 
 
-def lock_events(client: docker.DockerClient, name: str) -> Iterator[Event]:
-    """``make_lock`` as phase events; the last one carries (plan, written lock)."""
+def lock_events(client: docker.DockerClient, name: str, *, index_url: str | None = None) -> Iterator[Event]:
+    """``make_lock`` as phase events; the last one carries (plan, written lock).
+
+    ``index_url`` is a mirror (see envkit.lock.mirror); the lock records hashes, never where from.
+    """
     plan = plan_build(name, with_requirements=False, use_lock=False)
     spec = plan.spec
-    yield Event("phase", f"{spec.ref}: resolving the Python set with uv")
+    indexes = mirror.choose(
+        cli_url=index_url, spec_url=spec.index_url, spec_extra=spec.extra_index_url,
+        torch_index=plan.resolved.index_url,
+    )
+    where = f" from {mirror.redact(indexes.primary)}" if indexes.primary and indexes.mirrored else ""
+    yield Event("phase", f"{spec.ref}: resolving the Python set with uv{where}")
     requirements = locks.lock_requirements(
         top_level_requirements(plan.ref, plan.resolved),
         python=spec.python,
         platform=uv_platform(spec.platform),
-        index_url=plan.resolved.index_url,
+        index_url=indexes.primary,
+        extra_index_urls=indexes.extra,
     )
     base: dict[str, str] = {"ref": plan.base_ref}
     if plan.base_plan is not None:

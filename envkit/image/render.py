@@ -19,8 +19,12 @@ from envkit.resources import templates_dir
 from envkit.spec.model import ImageSpec
 
 # Needed in every final image: the interpreter the venv points at, and public CA roots so users
-# can fetch data over HTTPS at run time (the build's own CA bundle never gets here).
-RUNTIME_PACKAGES = ("ca-certificates",)
+# can fetch data over HTTPS at run time (the build's own CA bundle never gets here). torch.compile
+# builds kernels with a C compiler against the Python headers (Inductor on the CPU, Triton's
+# launchers on the GPU), so every image that runs torch carries both.
+RUNTIME_PACKAGES_FMT = ("ca-certificates", "gcc", "lib{python}-dev")
+# What people reach for first in an interactive image: a training repo is cloned, a job kept alive.
+DEV_PACKAGES = ("git", "tmux")
 # The builder only needs an interpreter with venv/ensurepip to bootstrap the pinned installer.
 BUILDER_PACKAGES_FMT = ("{python}", "{python}-venv")
 
@@ -48,6 +52,8 @@ class RenderInput:
     # From the lock: every package apt would install (dependencies too), pinned to one version.
     system_pins: dict[str, str] = field(default_factory=dict)
     builder_pins: dict[str, str] = field(default_factory=dict)
+    # Names of the builder stage's ARGs that carry a package mirror (their values never get here).
+    mirror_args: tuple[str, ...] = ()
 
     @property
     def python_bin(self) -> str:
@@ -106,7 +112,9 @@ def labels_for(data: RenderInput) -> dict[str, str]:
 
 
 def system_packages(data: RenderInput) -> list[str]:
-    return sorted({data.python_bin, *RUNTIME_PACKAGES, *data.spec.apt})
+    runtime = {item.format(python=data.python_bin) for item in RUNTIME_PACKAGES_FMT}
+    dev = set(DEV_PACKAGES) if data.spec.variant == "dev" else set()
+    return sorted({data.python_bin, *runtime, *dev, *data.spec.apt})
 
 
 def builder_packages(data: RenderInput) -> list[str]:
@@ -141,6 +149,7 @@ def template_context(data: RenderInput) -> dict[str, Any]:
         "ca_bundle": data.ca_bundle,
         "index_url": data.index_url,
         "tools_index_url": data.tools_index_url,
+        "mirror_args": list(data.mirror_args),
         "tools_index_host": urlsplit(data.tools_index_url).hostname if data.tools_index_url else None,
         "source_date_epoch": spec.source_date_epoch,
         "user": spec.user.name,

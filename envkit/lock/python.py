@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -267,6 +268,7 @@ def lock_requirements(
     python: str,
     platform: str = DEFAULT_PLATFORM,
     index_url: str | None = None,
+    extra_index_urls: Sequence[str] = (),
 ) -> str:
     """Resolve ``requirements`` for the image's platform and Python; return hashed requirements text.
 
@@ -294,6 +296,8 @@ def lock_requirements(
         ]
         if index_url:
             command += ["--index-url", index_url]
+        for url in extra_index_urls:
+            command += ["--extra-index-url", url]
         env = {**os.environ, "UV_NO_PROGRESS": "1"}
         result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if result.returncode != 0:

@@ -31,6 +31,7 @@ from envkit.engine.dockerarchive import load_archive, without_tags
 from envkit.errors import IntegrityError, NetworkError, UsageError
 from envkit.events import Event, Show, done, drain, phases
 from envkit.jsonio import pretty_text
+from envkit.lock import mirror
 from envkit.record.manifest import Manifest, parse_manifest, read_manifest_bytes
 from envkit.record.offline import DirStore, PackageServer, assert_cut_off, internal_network, outside_addresses
 from envkit.record.signing import BUNDLE_NAMESPACE, MANIFEST_NAMESPACE, Trust, read_signature, sign, verify
@@ -54,8 +55,13 @@ def wheel_platforms(platform: str, suite: str) -> list[str]:
     return platforms.manylinux_platforms(platforms.machine(platform), (2, GLIBC_MINOR.get(suite, 28)))
 
 
-def download_wheels(requirements: Path, dest: Path, *, python: str, platform: str, suite: str) -> None:
-    """pip downloads the exact wheels a hashed requirements file pins, for the image's platform."""
+def download_wheels(
+    requirements: Path, dest: Path, *, python: str, platform: str, suite: str,
+    index_args: list[str] | None = None,
+) -> None:
+    """pip downloads the exact wheels a hashed requirements file pins, for the image's platform.
+
+    ``index_args`` name a mirror (``--index-url``...); the hashes are checked whatever serves them."""
     abi = "cp" + python.replace(".", "")
     command = [
         sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
@@ -64,6 +70,7 @@ def download_wheels(requirements: Path, dest: Path, *, python: str, platform: st
     ]
     for tag in wheel_platforms(platform, suite):
         command += ["--platform", tag]
+    command += index_args or []
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join(result.stderr.strip().splitlines()[-15:])
@@ -284,9 +291,11 @@ def _work_dir(output: Path) -> tempfile.TemporaryDirectory[str]:
 
 def bundle_events(
     client: docker.DockerClient, manifest_path: Path, output: Path, *, sign_key: Path | None = None,
-    trust: Trust | None = None,
+    trust: Trust | None = None, index_url: str | None = None,
 ) -> Iterator[Event]:
-    """``make_bundle`` as progress events; the last one carries the BundleIndex."""
+    """``make_bundle`` as progress events; the last one carries the BundleIndex.
+
+    ``index_url`` is a package mirror to download the wheels from (see envkit.lock.mirror)."""
     from envkit.atomic import check_output_path
     from envkit.image.base import ensure_base
     from envkit.image.build import TOOLS_LOCK
@@ -317,9 +326,13 @@ def bundle_events(
         requirements = Path(tmp) / "requirements.txt"
         requirements.write_text(plan.requirements or "")
         suite = manifest.lock.base.get("suite") or "bookworm"
+        indexes = mirror.choose(
+            cli_url=index_url, spec_url=plan.spec.index_url, spec_extra=plan.spec.extra_index_url,
+            torch_index=plan.resolved.index_url,
+        )
         for source in (requirements, TOOLS_LOCK):
             download_wheels(source, root / "wheels", python=plan.spec.python, platform=plan.spec.platform,
-                            suite=suite)
+                            suite=suite, index_args=indexes.pip_args())
         yield from record_apt(client, plan, root)
         files = {
             name: {"sha256": sha256_file(path), "size": path.stat().st_size} for name, path in _members(root)

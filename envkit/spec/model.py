@@ -11,6 +11,7 @@ import hashlib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
@@ -225,6 +226,10 @@ class ImageSpec(_Strict):
     user: UserSpec = UserSpec()
     source_date_epoch: Annotated[int, Field(ge=0)] = 0
     platform: Literal["linux/amd64", "linux/arm64"] = "linux/amd64"
+    # A PyPI mirror (PEP 503 simple index) and more indexes: where wheels come from, never which
+    # wheels (the lock's hashes decide), so they are no part of the spec's digest.
+    index_url: str | None = None
+    extra_index_url: tuple[str, ...] = ()
 
     @field_validator("name")
     @classmethod
@@ -264,6 +269,16 @@ class ImageSpec(_Strict):
                 raise ValueError(f"{value!r} is not a version like 0.23.0")
         return value
 
+    @field_validator("index_url")
+    @classmethod
+    def _index_url(cls, value: str | None) -> str | None:
+        return _plain_url(value, "index_url") if value is not None else None
+
+    @field_validator("extra_index_url")
+    @classmethod
+    def _extra_index_url(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_plain_url(item, "extra_index_url") for item in value)
+
     @field_validator("env")
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
@@ -299,10 +314,26 @@ class ImageSpec(_Strict):
         return f"envkit/{self.name}:{self.tag}"
 
     def canonical_json(self) -> str:
-        return canonical_text(self.model_dump(mode="json"))
+        return canonical_text(self.model_dump(mode="json", exclude=set(SOURCE_FIELDS)))
 
     def digest(self) -> str:
         return "sha256:" + hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+# Where files come from, not what they are: left out of the digest.
+SOURCE_FIELDS = ("index_url", "extra_index_url")
+_URL_RE = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%/\-]*)?\Z")
+
+
+def _plain_url(value: str, field: str) -> str:
+    if "@" in urlsplit(value).netloc:
+        raise ValueError(
+            f"{field}: a spec must not hold credentials; give the URL with them in ENVKIT_INDEX_URL "
+            "or --index-url"
+        )
+    if not _URL_RE.match(value):
+        raise ValueError(f"{field}: {value!r} is not an http(s) URL of a simple index")
+    return value
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

@@ -50,7 +50,9 @@ RUN python3.11 -m venv /opt/envkit-tools \
 COPY build/requirements.txt /tmp/envkit/requirements.txt
 # Binary wheels only, every file checked against the lock's sha256. Bytecode is compiled as
 # checked-hash (PEP 552) so it does not embed the time of the build.
-RUN /opt/envkit-tools/bin/uv venv --python /usr/bin/python3.11 /opt/venv \
+# The environment is made by the interpreter's own venv module, so it carries pip (from the
+# pinned python3-pip-whl): people add packages to it with `pip install`.
+RUN /usr/bin/python3.11 -m venv /opt/venv \
  && /opt/envkit-tools/bin/uv pip install --python /opt/venv/bin/python --require-hashes --only-binary :all: \
       --no-deps -r /tmp/envkit/requirements.txt \
  && SOURCE_DATE_EPOCH=1761955200 /opt/venv/bin/python -m compileall -q -j 0 \
@@ -63,27 +65,63 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # image would share them (the dev entrypoint makes fresh ones at first start).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      binutils=2.40-2 \
+      binutils-common=2.40-2 \
+      binutils-x86-64-linux-gnu=2.40-2 \
       ca-certificates=20230311+deb12u1 \
+      cpp=4:12.2.0-3 \
+      cpp-12=12.2.0-14+deb12u1 \
+      gcc=4:12.2.0-3 \
+      gcc-12=12.2.0-14+deb12u1 \
+      libasan8=12.2.0-14+deb12u1 \
+      libatomic1=12.2.0-14+deb12u1 \
+      libbinutils=2.40-2 \
+      libc-dev-bin=2.36-9+deb12u14 \
+      libc6-dev=2.36-9+deb12u14 \
+      libcc1-0=12.2.0-14+deb12u1 \
+      libcrypt-dev=1:4.4.33-2 \
+      libctf-nobfd0=2.40-2 \
+      libctf0=2.40-2 \
       libexpat1=2.5.0-1+deb12u2 \
+      libexpat1-dev=2.5.0-1+deb12u2 \
+      libgcc-12-dev=12.2.0-14+deb12u1 \
+      libgomp1=12.2.0-14+deb12u1 \
+      libgprofng0=2.40-2 \
       libgssapi-krb5-2=1.20.1-2+deb12u5 \
+      libisl23=0.25-1.1 \
+      libitm1=12.2.0-14+deb12u1 \
+      libjansson4=2.14-2 \
       libk5crypto3=1.20.1-2+deb12u5 \
       libkeyutils1=1.6.3-2 \
       libkrb5-3=1.20.1-2+deb12u5 \
       libkrb5support0=1.20.1-2+deb12u5 \
+      liblsan0=12.2.0-14+deb12u1 \
+      libmpc3=1.3.1-1 \
+      libmpfr6=4.2.0-1 \
       libncursesw6=6.4-4 \
+      libnsl-dev=1.3.0-2 \
       libnsl2=1.3.0-2 \
+      libpython3.11=3.11.2-6+deb12u8 \
+      libpython3.11-dev=3.11.2-6+deb12u8 \
       libpython3.11-minimal=3.11.2-6+deb12u8 \
       libpython3.11-stdlib=3.11.2-6+deb12u8 \
+      libquadmath0=12.2.0-14+deb12u1 \
       libreadline8=8.2-1.3 \
       libsqlite3-0=3.40.1-2+deb12u2 \
       libssl3=3.0.20-1~deb12u2 \
       libtirpc-common=1.3.3+ds-1 \
+      libtirpc-dev=1.3.3+ds-1 \
       libtirpc3=1.3.3+ds-1 \
+      libtsan2=12.2.0-14+deb12u1 \
+      libubsan1=12.2.0-14+deb12u1 \
+      linux-libc-dev=6.1.176-1 \
       media-types=10.0.0 \
       openssl=3.0.20-1~deb12u2 \
       python3.11=3.11.2-6+deb12u8 \
       python3.11-minimal=3.11.2-6+deb12u8 \
       readline-common=8.2-1.3 \
+      rpcsvc-proto=1.4.3-1 \
+      zlib1g-dev=1:1.2.13.dfsg-1 \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/ldconfig/aux-cache /var/log/apt /var/log/dpkg.log \
       /etc/ssh/ssh_host_* \
@@ -91,8 +129,12 @@ RUN apt-get update \
  && SOURCE_DATE_EPOCH=1761955200 useradd --no-log-init --uid 1000 --gid 1000 \
       --create-home --shell /bin/bash envkit \
  && install -d -o 1000 -g 1000 /workspace
-# Layer 2, the Python environment: the largest layer, rebuilt only when the lock changes.
-COPY --from=builder /opt/venv /opt/venv
+# Login shells (SSH, Jupyter's terminal, editors over SSH) read /etc/profile, which resets PATH:
+# this gives them the image's environment back and starts them in /workspace.
+COPY files/profile.sh /etc/profile.d/envkit.sh
+# Layer 2, the Python environment: the largest layer, rebuilt only when the lock changes. It
+# belongs to the default user, who can `pip install` into it (as in Jupyter's docker-stacks).
+COPY --from=builder --chown=1000:1000 /opt/venv /opt/venv
 # Layer 3, envkit's own files (probe and benchmark scripts): small, and they change most often.
 COPY probe/ /opt/envkit/probe/
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -106,7 +148,7 @@ LABEL \
       "io.envkit.cuda"="12.6" \
       "io.envkit.cudnn"="9.5.1.17" \
       "io.envkit.envkit-version"="0.1.0" \
-      "io.envkit.lock-digest"="sha256:fcf80b47efa0df74498a8aef077711748596c1159e72a84ab9a2bfb72f1a2e70" \
+      "io.envkit.lock-digest"="sha256:bfe9e719e168e4898475a6e8bf22e8d570348e7394c990eeb6d1abe7a7fdd6bf" \
       "io.envkit.min-driver"="560.28.03" \
       "io.envkit.name"="pytorch-cuda:2.7" \
       "io.envkit.nccl"="2.26.2" \

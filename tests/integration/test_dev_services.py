@@ -465,3 +465,18 @@ def test_gpus_need_the_nvidia_runtime_and_say_so(dev_image: str, state_dir: Path
         assert "NVIDIA" in result.stderr and "Traceback" not in result.stderr
     leftovers = docker_client.containers.list(all=True, filters={"ancestor": dev_image})
     assert leftovers == []
+
+
+def test_an_interactive_ssh_login_gets_the_venv_and_workspace(start: Starter, ssh_key: Path) -> None:
+    """A login shell with a pty (what people and editors get), not `ssh host cmd`."""
+    data = start("--ssh", "--authorized-keys", f"{ssh_key}.pub", "--ssh-port", "0")
+    port = data["services"]["ssh"]["port"]
+    result = subprocess.run(
+        ["ssh", *SSH_OPTIONS, "-tt", "-i", str(ssh_key), "-p", str(port), "envkit@127.0.0.1"],
+        input="echo \"PY=$(command -v python) PWD=$(pwd) SHELL=$SHELL VENV=$VIRTUAL_ENV\"; exit\n",
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "PY=/opt/venv/bin/python PWD=/workspace SHELL=/bin/bash VENV=/opt/venv" in result.stdout
+    tools = ssh(ssh_key, port, "envkit", "git --version && tmux -V && cc --version | head -1")
+    assert tools.returncode == 0, tools.stderr

@@ -29,3 +29,7 @@ if len(token) < 32:
 c.IdentityProvider.token = token
 if os.path.isfile(PASSWORD_FILE):
     c.PasswordIdentityProvider.hashed_password = _read(PASSWORD_FILE)
+
+# Jupyter's terminals are login shells in bash, so /etc/profile.d/envkit.sh gives them the image's
+# PATH and VIRTUAL_ENV (Debian's /etc/profile would otherwise drop /opt/venv/bin).
+c.ServerApp.terminado_settings = {"shell_command": ["/bin/bash", "--login"]}
