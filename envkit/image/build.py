@@ -93,6 +93,8 @@ class BuildPlan:
 
 def resolve_spec(ref: SpecRef) -> compat.Resolved:
     spec = ref.spec
+    if spec.base.bootstrap is not None:
+        compat.check_suite_python(spec.base.bootstrap.suite, spec.python, source=ref.display)
     resolved = compat.resolve(spec.torch.version, spec.torch.cuda, spec.python, source=ref.display)
     if spec.torchvision and resolved.torchvision and spec.torchvision != resolved.torchvision:
         raise CompatError(

@@ -100,6 +100,23 @@ def debian_suite_for_python(python: str) -> str | None:
     return None
 
 
+def check_suite_python(suite: str, python: str, *, source: str = "") -> None:
+    """Refuse a Python the Debian suite does not ship: images use the suite's own interpreter.
+
+    A suite envkit has no record of passes (its packages decide at lock time)."""
+    suites = _load("debian.json")["suites"]
+    facts = suites.get(suite)
+    if facts is None or facts["python"] == python:
+        return
+    elsewhere = debian_suite_for_python(python)
+    other = f", or base suite {elsewhere} for Python {python}" if elsewhere else ""
+    known = ", ".join(f"{name}: {row['python']}" for name, row in suites.items())
+    raise CompatError(
+        f"{_where(source, 'python')}Debian {suite} ships Python {facts['python']}, not {python}: "
+        f"use python: \"{facts['python']}\"{other} (suites and their Python: {known})"
+    )
+
+
 def _debian_pythons() -> list[str]:
     debian = _load("debian.json")
     suites = debian["suites"]

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 from tests.conftest import REPO, BuiltImage, run_envkit
-from tests.unit.test_mirror import tiny_wheel
+from tests.unit.test_lock_mirror import tiny_wheel
 
 
 def test_run_exits_with_the_commands_exit_code(torch_image: BuiltImage, tmp_path: Path) -> None:

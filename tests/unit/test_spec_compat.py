@@ -219,3 +219,34 @@ def test_regen_reads_gpu_architectures_from_fatbins(tmp_path):
     library = tmp_path / "libtorch_cuda.so"
     library.write_bytes(blob)
     assert regen.fatbin_archs(library) == ["sm_75", "sm_80", "sm_90", "compute_120"]
+
+
+def test_a_python_the_suite_does_not_ship_is_refused_with_what_each_suite_ships() -> None:
+    from envkit.errors import CompatError
+
+    with pytest.raises(CompatError) as caught:
+        compat.check_suite_python("bookworm", "3.10", source="images/x/1.yaml")
+    message = str(caught.value)
+    assert "images/x/1.yaml: python:" in message
+    assert "bookworm ships Python 3.11, not 3.10" in message
+    assert "bookworm: 3.11, trixie: 3.13" in message
+    with pytest.raises(CompatError, match="or base suite trixie for Python 3.13"):
+        compat.check_suite_python("bookworm", "3.13")
+    compat.check_suite_python("bookworm", "3.11")  # what it ships passes
+    compat.check_suite_python("trixie", "3.13")
+    compat.check_suite_python("forky", "3.14")  # a suite without a record is left to the lock
+
+
+def test_render_refuses_a_spec_whose_python_the_base_does_not_ship(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    catalog = Path(__file__).resolve().parents[2] / "images" / "pytorch-cuda" / "2.8.yaml"
+    spec = tmp_path / "py310.yaml"
+    spec.write_text(catalog.read_text().replace('python: "3.11"', 'python: "3.10"'))
+    assert 'python: "3.10"' in spec.read_text()
+    result = subprocess.run([sys.executable, "-m", "envkit", "render", str(spec)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "ships Python 3.11, not 3.10" in " ".join(result.stderr.split())
+    assert result.stdout == ""
