@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("envkit.cli.record", "export_cmd",
                "Write IMAGE to FILE as a zstd-compressed docker-archive or OCI layout; "
                "the image ID survives."),
+    "fetch": ("envkit.cli.dev", "fetch_cmd",
+              "Fetch a file (model weights) by URL and sha256 into the host cache, once."),
     "import": ("envkit.cli.record", "import_cmd",
                "Load an archive written by `envkit export` "
                "(docker-archive or OCI layout; zstd, gzip or plain)."),

@@ -48,6 +48,8 @@ def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--ulimit", "ulimits", multiple=True, metavar="NAME=SOFT[:HARD]",
               help="A resource limit; repeatable. NVIDIA advises memlock=-1 and stack=67108864 for "
               "multi-GPU training.")
+@click.option("--offline", is_flag=True,
+              help="No network in the container (the job must find its files in mounts or the image).")
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open and send this one to COMMAND.")
 @click.option("-t", "--tty", is_flag=True,
               help="Give COMMAND a terminal (when stdin is one), e.g. `-it ... -- bash`.")
@@ -101,6 +103,7 @@ def _run(**options: object) -> None:
         shm_size=options["shm_size"],  # type: ignore[arg-type]
         ipc=options["ipc"],  # type: ignore[arg-type]
         ulimits=options["ulimits"],  # type: ignore[arg-type]
+        offline=bool(options["offline"]),
         interactive=bool(options["interactive"]),
         tty=tty,
         environment=environment,
@@ -206,3 +209,32 @@ def stop_cmd(names: tuple[str, ...], all_managed: bool, timeout: int) -> None:
         console.success(f"stopped and removed {name}")
     if not stopped:
         console.info("no containers started by envkit")
+
+
+@click.command("fetch")
+@click.argument("url")
+@click.option("--sha256", "sha256", required=True, metavar="HEX",
+              help="The file's sha256: nothing is kept unless the bytes hash to it.")
+@click.option("--into", type=click.Path(file_okay=False, path_type=Path),
+              help="Put the file in this directory (e.g. the one mounted at /workspace).")
+@click.option("--name", "file_name", help="File name to give it [default: the URL's last part].")
+@click.option("--max-size", default="20g", show_default=True, help="Refuse a file larger than this.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def fetch_cmd(url: str, sha256: str, into: Path | None, file_name: str | None, max_size: str,
+              as_json: bool) -> None:
+    """Fetch a file (model weights) by URL and sha256 into the host cache, once.
+
+    A second fetch of the same sha256 downloads nothing. With --into the file is also put in a
+    directory a container mounts, so `envkit run --offline` jobs find it without the network.
+    """
+    from envkit.dev.files import fetch_events
+    from envkit.engine.archive import parse_size
+
+    events = fetch_events(url, sha256, name=file_name, into=into, max_bytes=parse_size(max_size))
+    fetched = console.show_job("fetch", events)
+    if as_json:
+        console.out.print_json(json.dumps(fetched.as_json()))
+        return
+    where = fetched.placed or fetched.cached
+    how = "downloaded" if fetched.downloaded else "from the host cache"
+    console.success(f"{fetched.name} ({fetched.size} bytes, sha256 {fetched.sha256[:12]}…) {how}: {where}")

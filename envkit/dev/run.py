@@ -122,6 +122,7 @@ class RunPlan:
     shm_size: int = DEFAULT_SHM
     ipc_mode: str | None = None
     ulimits: tuple[docker.types.Ulimit, ...] = ()
+    offline: bool = False
     interactive: bool = False
     tty: bool = False
     environment: dict[str, str] = field(default_factory=dict)
@@ -400,6 +401,7 @@ def plan_run(
     shm_size: str | None = None,
     ipc: str | None = None,
     ulimits: Iterable[str] = (),
+    offline: bool = False,
     interactive: bool = False,
     tty: bool = False,
     environment: dict[str, str] | None = None,
@@ -426,6 +428,9 @@ def plan_run(
     if ipc_mode == "host" and shm_size:
         raise UsageError("--shm-size has no effect with --ipc host (the host's /dev/shm is used)")
     limits = parse_ulimits(ulimits)
+    if offline and wanted:
+        raise UsageError(f"--offline: {', '.join(wanted)} must be reached over the network; "
+                         "run services without --offline")
     keys = _read_authorized_keys(wanted, authorized_keys)
     password_hash = _read_password_hash(wanted, jupyter_password_file)
     mounts = _parse_mounts(volumes)
@@ -450,6 +455,7 @@ def plan_run(
         shm_size=0 if ipc_mode == "host" else _shm_for(client, shm_size),
         ipc_mode=ipc_mode,
         ulimits=limits,
+        offline=offline,
         interactive=interactive,
         tty=tty,
         environment=dict(environment or {}),
@@ -681,6 +687,7 @@ def create(client: docker.DockerClient, plan: RunPlan) -> tuple[Any, Path | None
             shm_size=plan.shm_size or None,
             ipc_mode=plan.ipc_mode,
             ulimits=list(plan.ulimits) or None,
+            network_mode="none" if plan.offline else None,
             stdin_open=plan.interactive,
             tty=plan.tty,
             device_requests=[plan.gpus] if plan.gpus else None,

@@ -420,6 +420,18 @@ def test_ipc_ulimit_and_shm_pass_through() -> None:
         devrun.plan_run(client, "img", command=["x"], ipc="host", shm_size="1g")
 
 
+def test_offline_runs_without_a_network_and_refuses_services() -> None:
+    client = dev_client(dev_image(variant="dev"))
+    plan = devrun.plan_run(client, "img", command=["yolo", "train"], offline=True, detach=False)
+    container, _ = devrun.create(client, plan)
+    assert container.kwargs["network_mode"] == "none"
+    plan = devrun.plan_run(client, "img", command=["x"], detach=False)
+    container, _ = devrun.create(client, plan)
+    assert container.kwargs["network_mode"] is None
+    with pytest.raises(UsageError, match="--offline: jupyter"):
+        devrun.plan_run(client, "img", services=["jupyter"], offline=True)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [("nofile=1024:2048", (1024, 2048)), ("memlock=unlimited", (-1, -1)), ("stack=8:-1", (8, -1))],
