@@ -6,6 +6,9 @@ test starts goes through `envkit run --detach` and is removed by the fixture tha
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import json
 import os
 import re
@@ -14,6 +17,7 @@ import socket
 import stat
 import subprocess
 import tarfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +30,9 @@ import pytest
 
 from tests.conftest import REPO, image_ids, remove_new_images, run_envkit
 
-DEV_SPEC = os.environ.get("ENVKIT_TEST_DEV_SPEC", "pytorch-cuda:2.8-dev")
+# yolo:2.8-dev is pytorch-cuda:2.8-dev's template and services plus Ultralytics and ONNX: one build
+# serves the service tests and the YOLO workflow below.
+DEV_SPEC = os.environ.get("ENVKIT_TEST_DEV_SPEC", "yolo:2.8-dev")
 ARTIFACTS = REPO / "test-artifacts"
 SSH_OPTIONS = [
     "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -480,3 +486,142 @@ def test_an_interactive_ssh_login_gets_the_venv_and_workspace(start: Starter, ss
     assert "PY=/opt/venv/bin/python PWD=/workspace SHELL=/bin/bash VENV=/opt/venv" in result.stdout
     tools = ssh(ssh_key, port, "envkit", "git --version && tmux -V && cc --version | head -1")
     assert tools.returncode == 0, tools.stderr
+
+
+# A Jupyter terminal, driven over its websocket from inside the container (the image's own tornado):
+# what a user typing `which python` into JupyterLab's terminal gets back.
+TERMINAL_CLIENT = r"""
+import asyncio, json, sys, urllib.request
+from tornado import httpclient, websocket
+
+token, base = sys.argv[1], "127.0.0.1:8888"
+headers = {"Authorization": f"token {token}"}
+made = urllib.request.Request(f"http://{base}/api/terminals", data=b"{}", method="POST",
+                              headers={**headers, "Content-Type": "application/json"})
+name = json.load(urllib.request.urlopen(made, timeout=30))["name"]
+
+async def main():
+    ws = await websocket.websocket_connect(
+        httpclient.HTTPRequest(f"ws://{base}/terminals/websocket/{name}", headers=headers))
+    await ws.write_message(json.dumps(
+        ["stdin", 'echo "PY=$(command -v python) PWD=$(pwd) VENV=$VIRTUAL_ENV LOGIN=$(shopt -q login_shell && echo yes) SHELL=$0 END"\r']))
+    seen = ""
+    while "END\r" not in seen and "END\n" not in seen:
+        message = await asyncio.wait_for(ws.read_message(), 30)
+        if message is None:
+            break
+        kind, *rest = json.loads(message)
+        if kind == "stdout":
+            seen += rest[0]
+    print(seen)
+
+asyncio.run(main())
+"""
+
+
+def test_a_jupyter_terminal_is_a_login_shell_with_the_venv_in_workspace(
+    start: Starter, docker_client  # type: ignore[no-untyped-def]
+) -> None:
+    data = start("--jupyter", "--jupyter-port", "0")
+    token = Path(data["token_file"]).read_text().strip()
+    container = docker_client.containers.get(data["name"])
+    code, output = container.exec_run(["python", "-c", TERMINAL_CLIENT, token], user="1000")
+    text = output.decode(errors="replace")
+    assert code == 0, text[-3000:]
+    assert "PY=/opt/venv/bin/python PWD=/workspace VENV=/opt/venv LOGIN=yes SHELL=/bin/bash END" in text, text[-3000:]
+
+
+# The YOLO workflow of docs/quickstart.md, on a tiny generated detection dataset, with no network.
+MAKE_DETECTION_DATA = r"""
+import random, sys
+from pathlib import Path
+from PIL import Image, ImageDraw
+
+root = Path(sys.argv[1])
+random.seed(0)
+for split, count in (("train", 8), ("val", 4)):
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        image = Image.new("RGB", (64, 64), (random.randrange(256),) * 3)
+        x, y, w, h = random.randrange(4, 30), random.randrange(4, 30), random.randrange(12, 30), random.randrange(12, 30)
+        ImageDraw.Draw(image).rectangle([x, y, x + w, y + h], fill=(255, 0, 0))
+        image.save(root / "images" / split / f"{i}.jpg")
+        (root / "labels" / split / f"{i}.txt").write_text(
+            f"0 {(x + w / 2) / 64:.4f} {(y + h / 2) / 64:.4f} {w / 64:.4f} {h / 64:.4f}\n")
+(root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: box\n")
+"""
+YOLO_TRAIN = ("yolo train data=/workspace/data/data.yaml epochs=1 imgsz=64 batch=4 workers=0 device=cpu "
+              "plots=False project=/workspace/runs exist_ok=True")
+
+
+@pytest.fixture
+def yolo_workspace(tmp_path: Path) -> Path:
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / "make_data.py").write_text(MAKE_DETECTION_DATA)
+    os.chown(workspace, 1000, 1000)
+    return workspace
+
+
+def _yolo(dev_image: str, workspace: Path, state_dir: Path, script: str, *extra: str) -> subprocess.CompletedProcess:
+    result = run_envkit(
+        "run", dev_image, "--offline", "-e", "YOLO_OFFLINE=True", *extra, "-v", f"{workspace}:/workspace",
+        "--", "bash", "-c", script, env={"ENVKIT_STATE_DIR": str(state_dir)}, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+def test_yolo_trains_from_a_model_yaml_and_exports_onnx_offline(
+    dev_image: str, yolo_workspace: Path, state_dir: Path
+) -> None:
+    script = (
+        "python make_data.py /workspace/data"
+        f" && {YOLO_TRAIN} model=yolo11n.yaml name=scratch"
+        " && yolo export model=/workspace/runs/scratch/weights/last.pt format=onnx imgsz=64"
+        " && python -c \"import onnxruntime as ort; s = ort.InferenceSession('/workspace/runs/scratch/weights/last.onnx');"
+        " print('onnx input', s.get_inputs()[0].shape)\""
+    )
+    result = _yolo(dev_image, yolo_workspace, state_dir, script)
+    assert (yolo_workspace / "runs" / "scratch" / "weights" / "last.pt").stat().st_size > 100_000
+    assert (yolo_workspace / "runs" / "scratch" / "weights" / "last.onnx").stat().st_size > 100_000
+    assert "onnx input [1, 3, 64, 64]" in result.stdout
+
+
+def test_yolo_trains_from_weights_fetched_once_into_the_host_cache(
+    dev_image: str, yolo_workspace: Path, state_dir: Path, tmp_path: Path
+) -> None:
+    """Weights made here stand in for a published yolov8n.pt: served on loopback, fetched by sha256
+    with `envkit fetch`, then used by `yolo train model=yolov8n.pt` with no network."""
+    served = tmp_path / "served"
+    served.mkdir()
+    os.chown(served, 1000, 1000)
+    _yolo(dev_image, yolo_workspace, state_dir, "python -c \"from ultralytics import YOLO; "
+          "YOLO('yolov8n.yaml').save('/served/yolov8n.pt')\"", "-v", f"{served}:/served")
+    weights = (served / "yolov8n.pt").read_bytes()
+    sha = hashlib.sha256(weights).hexdigest()
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/yolov8n.pt"
+    env = {"ENVKIT_STATE_DIR": str(state_dir), "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"}
+    try:
+        first = run_envkit("fetch", url, "--sha256", sha, "--into", str(yolo_workspace), "--json", env=env)
+        assert first.returncode == 0, first.stderr
+        assert json.loads(first.stdout)["downloaded"] is True
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    # The server is gone: a second fetch is served by the host cache.
+    (yolo_workspace / "yolov8n.pt").unlink()
+    again = run_envkit("fetch", url, "--sha256", sha, "--into", str(yolo_workspace), "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["downloaded"] is False
+    assert (yolo_workspace / "yolov8n.pt").read_bytes() == weights
+
+    script = f"python make_data.py /workspace/data && {YOLO_TRAIN} model=yolov8n.pt name=pretrained"
+    result = _yolo(dev_image, yolo_workspace, state_dir, script)
+    assert (yolo_workspace / "runs" / "pretrained" / "weights" / "last.pt").is_file()
+    assert "Downloading" not in result.stdout + result.stderr
