@@ -531,27 +531,9 @@ def test_a_jupyter_terminal_is_a_login_shell_with_the_venv_in_workspace(
     assert "PY=/opt/venv/bin/python PWD=/workspace VENV=/opt/venv LOGIN=yes SHELL=/bin/bash END" in text, text[-3000:]
 
 
-# The YOLO workflow of docs/quickstart.md, on a tiny generated detection dataset, with no network.
-MAKE_DETECTION_DATA = r"""
-import random, sys
-from pathlib import Path
-from PIL import Image, ImageDraw
-
-root = Path(sys.argv[1])
-random.seed(0)
-for split, count in (("train", 8), ("val", 4)):
-    (root / "images" / split).mkdir(parents=True, exist_ok=True)
-    (root / "labels" / split).mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        image = Image.new("RGB", (64, 64), (random.randrange(256),) * 3)
-        x, y, w, h = random.randrange(4, 30), random.randrange(4, 30), random.randrange(12, 30), random.randrange(12, 30)
-        ImageDraw.Draw(image).rectangle([x, y, x + w, y + h], fill=(255, 0, 0))
-        image.save(root / "images" / split / f"{i}.jpg")
-        (root / "labels" / split / f"{i}.txt").write_text(
-            f"0 {(x + w / 2) / 64:.4f} {(y + h / 2) / 64:.4f} {w / 64:.4f} {h / 64:.4f}\n")
-(root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: box\n")
-"""
-YOLO_TRAIN = ("yolo train data=/workspace/data/data.yaml epochs=1 imgsz=64 batch=4 workers=0 device=cpu "
+# The YOLO workflow of docs/quickstart.md, on the tiny generated detection dataset, with no network.
+MAKE_DATA = "python /examples/make_yolo_dataset.py --out data/boxes --train 8 --val 4 --size 64"
+YOLO_TRAIN = ("yolo train data=data/boxes/data.yaml epochs=1 imgsz=64 batch=4 workers=0 device=cpu "
               "plots=False project=/workspace/runs exist_ok=True")
 
 
@@ -559,7 +541,6 @@ YOLO_TRAIN = ("yolo train data=/workspace/data/data.yaml epochs=1 imgsz=64 batch
 def yolo_workspace(tmp_path: Path) -> Path:
     workspace = tmp_path / "workspace"
     workspace.mkdir()
-    (workspace / "make_data.py").write_text(MAKE_DETECTION_DATA)
     os.chown(workspace, 1000, 1000)
     return workspace
 
@@ -567,6 +548,7 @@ def yolo_workspace(tmp_path: Path) -> Path:
 def _yolo(dev_image: str, workspace: Path, state_dir: Path, script: str, *extra: str) -> subprocess.CompletedProcess:
     result = run_envkit(
         "run", dev_image, "--offline", "-e", "YOLO_OFFLINE=True", *extra, "-v", f"{workspace}:/workspace",
+        "-v", f"{REPO / 'examples'}:/examples:ro",
         "--", "bash", "-c", script, env={"ENVKIT_STATE_DIR": str(state_dir)}, timeout=900,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -577,8 +559,7 @@ def test_yolo_trains_from_a_model_yaml_and_exports_onnx_offline(
     dev_image: str, yolo_workspace: Path, state_dir: Path
 ) -> None:
     script = (
-        "python make_data.py /workspace/data"
-        f" && {YOLO_TRAIN} model=yolo11n.yaml name=scratch"
+        f"{MAKE_DATA} && {YOLO_TRAIN} model=yolo11n.yaml name=scratch"
         " && yolo export model=/workspace/runs/scratch/weights/last.pt format=onnx imgsz=64"
         " && python -c \"import onnxruntime as ort; s = ort.InferenceSession('/workspace/runs/scratch/weights/last.onnx');"
         " print('onnx input', s.get_inputs()[0].shape)\""
@@ -621,7 +602,7 @@ def test_yolo_trains_from_weights_fetched_once_into_the_host_cache(
     assert json.loads(again.stdout)["downloaded"] is False
     assert (yolo_workspace / "yolov8n.pt").read_bytes() == weights
 
-    script = f"python make_data.py /workspace/data && {YOLO_TRAIN} model=yolov8n.pt name=pretrained"
+    script = f"{MAKE_DATA} && {YOLO_TRAIN} model=yolov8n.pt name=pretrained"
     result = _yolo(dev_image, yolo_workspace, state_dir, script)
     assert (yolo_workspace / "runs" / "pretrained" / "weights" / "last.pt").is_file()
     assert "Downloading" not in result.stdout + result.stderr
