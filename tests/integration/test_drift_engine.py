@@ -1,9 +1,9 @@
 """Container drift on the real engine: packages pip-installed into a running container are captured
 by `snapshot --container` and restored as a sealed layer on top of the identical base image.
 
-The image's /opt/venv has no pip and belongs to root, so the test changes it the way a user without
-network tools in the container would: wheels downloaded on the host are copied in (`docker cp`),
-and pip, run straight from its own wheel, installs them as root (`docker exec -u 0`).
+The test changes the environment the way a user does: wheels downloaded on the host are copied in
+(`docker cp`) and the image's own pip installs them as the image's default user (uid 1000 owns
+/opt/venv), with no index.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from envkit.record.drift import PYPI_SIMPLE, SIMPLE_JSON, http_session
 from envkit.record.manifest import SCHEMA_VERSION
 from envkit.record.snapshot import content_digest
 from tests.conftest import BuiltImage, image_ids, run_envkit
-
-PIP_WHEEL_VERSION = "26.3"
 
 
 def _wheel_from_pypi(name: str, version: str, directory: Path) -> Path:
@@ -45,10 +43,10 @@ def _copy_in(container: Any, files: list[Path], directory: str) -> None:
     assert container.put_archive("/tmp", buffer.getvalue())
 
 
-def _pip_install(container: Any, pip_wheel: str, directory: str, *requirements: str) -> None:
-    command = ["python", f"/tmp/wheels/{pip_wheel}/pip", "install", "--no-index", "--find-links",
-               f"/tmp/{directory}", "--no-cache-dir", "--disable-pip-version-check", *requirements]
-    code, output = container.exec_run(command, user="0")
+def _pip_install(container: Any, directory: str, *requirements: str) -> None:
+    command = ["pip", "install", "--no-index", "--find-links", f"/tmp/{directory}", "--no-cache-dir",
+               "--disable-pip-version-check", *requirements]
+    code, output = container.exec_run(command)  # the image's user, uid 1000
     assert code == 0, output.decode(errors="replace")
 
 
@@ -102,15 +100,15 @@ def test_container_drift_is_captured_and_restored(
     before = image_ids(client)
     image_filelock = _image_python(client, torch_image.tag, "import filelock; print(filelock.__version__)")
     new_filelock = "3.20.0" if image_filelock != "3.20.0" else "3.19.1"
-    wheels = [_wheel_from_pypi("pip", PIP_WHEEL_VERSION, tmp_path), _wheel_from_pypi("six", "1.17.0", tmp_path),
-              _wheel_from_pypi("filelock", new_filelock, tmp_path)]
+    wheels = [_wheel_from_pypi("six", "1.17.0", tmp_path), _wheel_from_pypi("filelock", new_filelock, tmp_path)]
     name = f"envkit-test-drift-{uuid.uuid4().hex[:8]}"
     target = f"envkit-test/drift:{uuid.uuid4().hex[:8]}"
     container = client.containers.run(torch_image.tag, ["sleep", "infinity"], name=name, detach=True)
     known: set[str] = set()
     try:
         _copy_in(container, wheels, "wheels")
-        _pip_install(container, wheels[0].name, "wheels", "six==1.17.0", f"filelock=={new_filelock}")
+        assert container.exec_run(["id", "-u"])[1].decode().strip() == "1000"
+        _pip_install(container, "wheels", "six==1.17.0", f"filelock=={new_filelock}")
 
         manifest_path = tmp_path / "drift.json"
         snap = run_envkit("snapshot", "--container", name, "-o", str(manifest_path))
@@ -167,7 +165,7 @@ def test_container_drift_is_captured_and_restored(
         # A package that is on no index cannot be locked: exit 2, naming it, and no manifest.
         local = _local_wheel(tmp_path)
         _copy_in(container, [local], "local")
-        _pip_install(container, wheels[0].name, "local", "envkit-drift-local==0.1")
+        _pip_install(container, "local", "envkit-drift-local==0.1")
         refused = run_envkit("snapshot", "--container", name, "-o", str(tmp_path / "refused.json"))
         assert refused.returncode == 2, refused.stderr
         assert "envkit-drift-local" in refused.stderr and "index" in refused.stderr
