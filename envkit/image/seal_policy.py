@@ -36,6 +36,9 @@ from envkit.errors import UsageError
 from envkit.jsonio import canonical_bytes
 from envkit.labels import SOURCE_DATE_EPOCH as SOURCE_DATE_EPOCH_LABEL
 
+# Bumped whenever sealing the same unsealed image would give another result, so that records of
+# earlier seals (envkit.image.sealcache) are not taken for this policy's.
+POLICY_VERSION = 2
 DROP = "drop"
 EMPTY = "empty"
 
@@ -292,7 +295,8 @@ def resolve_epoch(attrs: dict[str, Any], image: str, source_date_epoch: int | No
     return epoch
 
 
-_SOURCE_HASH = re.compile(r"\b(dir|file|multi):[0-9a-f]{64}\b")
+# Not \b: with --chown the classic builder writes "COPY --chown=1000:1000dir:<hash> in ...".
+_SOURCE_HASH = re.compile(r"(?<![A-Za-z])(dir|file|multi):[0-9a-f]{64}\b")
 # The classic builder prefixes a RUN's history with "|N " whenever the build was given build args,
 # N counting the declared ones it then lists; proxy variables are never listed, so a build with
 # only those says "|0 ". Whether the builder had a proxy must not change the image.

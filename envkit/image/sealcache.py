@@ -21,6 +21,7 @@ import docker.errors
 
 from envkit.atomic import write_text
 from envkit.engine.client import image_exists
+from envkit.image.seal_policy import POLICY_VERSION
 
 
 def cache_path() -> Path:
@@ -40,9 +41,14 @@ def _engine_id(client: docker.DockerClient) -> str:
     return str(client.info().get("ID", "unknown"))
 
 
+def _key(unsealed_id: str) -> str:
+    """Records are per seal policy: a record made under another policy is not used."""
+    return f"policy{POLICY_VERSION}:{unsealed_id}"
+
+
 def lookup(client: docker.DockerClient, unsealed_id: str) -> str | None:
     """The image recorded for ``unsealed_id`` (or for a build-input digest), if it still exists."""
-    sealed = _read().get(_engine_id(client), {}).get(unsealed_id)
+    sealed = _read().get(_engine_id(client), {}).get(_key(unsealed_id))
     if not sealed:
         return None
     return sealed if image_exists(client, sealed) else None
@@ -50,5 +56,5 @@ def lookup(client: docker.DockerClient, unsealed_id: str) -> str | None:
 
 def remember(client: docker.DockerClient, unsealed_id: str, sealed_id: str) -> None:
     data = _read()
-    data.setdefault(_engine_id(client), {})[unsealed_id] = sealed_id
+    data.setdefault(_engine_id(client), {})[_key(unsealed_id)] = sealed_id
     write_text(cache_path(), json.dumps(data, indent=1, sort_keys=True) + "\n")

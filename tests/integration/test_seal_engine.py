@@ -63,7 +63,7 @@ class Images:
 LABEL io.envkit.source-date-epoch={EPOCH} io.envkit.torch={torch}
 COPY sys/ /
 ENV TORCH_VERSION={torch}
-COPY venv/ /opt/venv/
+COPY --chown=1000:1000 venv/ /opt/venv/
 COPY app/ /opt/app/
 USER 1000
 """.encode()

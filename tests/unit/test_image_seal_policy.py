@@ -307,6 +307,22 @@ def test_copy_source_hash_in_history_names_the_sealed_layer() -> None:
     assert sealed["history"][0]["created_by"] == "/bin/sh -c #(nop) COPY dir:" + "b" * 64 + " in /opt/venv "
 
 
+def test_copy_with_chown_names_the_sealed_layer_too() -> None:
+    """The classic builder glues the source to the flag: "--chown=1000:1000dir:<hash>". Two builds
+    whose builder stages differ only in file times must still seal to one config."""
+    digest = "sha256:" + "b" * 64
+    made = []
+    for source in ("9" * 64, "2" * 64):
+        config = _config(1)
+        config["history"][0]["created_by"] = (
+            f"/bin/bash -o pipefail -c #(nop) COPY --chown=1000:1000dir:{source} in /opt/venv "
+        )
+        made.append(sealed_config(config, [digest], EPOCH))
+    assert made[0] == made[1]
+    history = json.loads(made[0])["history"][0]["created_by"]
+    assert history == "/bin/bash -o pipefail -c #(nop) COPY --chown=1000:1000dir:" + "b" * 64 + " in /opt/venv "
+
+
 def test_a_build_given_only_proxy_args_seals_like_one_given_none() -> None:
     digest = "sha256:" + "b" * 64
     plain, proxied, declared = _config(1), _config(1), _config(1)

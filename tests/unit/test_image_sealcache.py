@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from envkit.image import sealcache
+from envkit.image.seal_policy import POLICY_VERSION
 from tests.fakes import FakeClient, FakeImage
 
 UNSEALED = "sha256:" + "a" * 64
@@ -39,7 +40,15 @@ def test_a_remembered_seal_is_found_while_the_sealed_image_exists() -> None:
     assert sealcache.lookup(engine, UNSEALED) is None
     sealcache.remember(engine, UNSEALED, SEALED)
     assert sealcache.lookup(engine, UNSEALED) == SEALED
-    assert json.loads(sealcache.cache_path().read_text()) == {"one": {UNSEALED: SEALED}}
+    key = f"policy{POLICY_VERSION}:{UNSEALED}"
+    assert json.loads(sealcache.cache_path().read_text()) == {"one": {key: SEALED}}
+
+
+def test_a_record_made_under_another_seal_policy_is_not_used() -> None:
+    engine = Engine("one", {SEALED: FakeImage(SEALED)})
+    sealcache.cache_path().parent.mkdir(parents=True)
+    sealcache.cache_path().write_text(json.dumps({"one": {UNSEALED: SEALED}}))  # before policies had versions
+    assert sealcache.lookup(engine, UNSEALED) is None
 
 
 def test_a_seal_whose_image_is_gone_is_forgotten() -> None:
