@@ -12,14 +12,20 @@ from envkit.errors import UsageError
 
 def _image_id(local_tag: str) -> tuple[str | None, str | None]:
     """The local image's ID, or None and why not (no engine answers, the image is not built)."""
+    import docker.errors  # noqa: PLC0415
+    import requests.exceptions  # noqa: PLC0415
+
     from envkit.engine.client import find_image, get_client  # noqa: PLC0415
     from envkit.errors import EngineUnreachable  # noqa: PLC0415
 
+    unknown = f"no Docker engine answers, so whether {local_tag} was pushed is unknown"
     try:
         client = get_client(timeout=15)
+        attrs = find_image(client, local_tag)
     except EngineUnreachable:
-        return None, f"no Docker engine answers, so whether {local_tag} was pushed is unknown"
-    attrs = find_image(client, local_tag)
+        return None, unknown
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        return None, f"the Docker engine did not say whether {local_tag} exists ({exc})"
     if attrs is None:
         return None, f"{local_tag} is not on this engine"
     return str(attrs["Id"]), None

@@ -17,8 +17,8 @@ What carries over from ``envkit run`` and ``envkit verify``:
 - for ``torchrun``: one process per GPU (``--nproc-per-node`` equal to the GPU limit) and the
   environment of a single-node run.
 
-Kubernetes has no per-container ulimits; the container runtime's defaults apply (containerd
-lifts ``memlock``, which NCCL needs).
+Kubernetes has no per-container ulimits; the container runtime's limits apply (containerd's usual
+systemd unit lifts ``memlock``, which NCCL needs, and its containers inherit that).
 
 The verify Job runs the probe that every envkit image carries (``/opt/envkit/probe/probe.py``, copied
 there by the Dockerfile's final stage), which prints one JSON report on stdout and exits 0 when
@@ -472,7 +472,7 @@ def gather_hint(workload: Workload) -> str:
     ns = f" -n {workload.namespace}" if workload.namespace else ""
     return (
         f"kubectl{ns} wait --for=condition=complete --timeout=30m job/{workload.name}; "
-        f"kubectl{ns} logs -l job-name={workload.name} --prefix --tail=-1"
+        f"kubectl{ns} logs -l job-name={workload.name} --prefix --tail=-1 | grep -F '] {{'"
     )
 
 

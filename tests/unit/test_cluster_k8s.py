@@ -29,6 +29,7 @@ from envkit.cli.app import main
 from envkit.cluster import k8s
 from envkit.engine.registry import remember_location
 from envkit.incontainer.probe import PROBE_DIR, SCRIPT_FILES
+from tests.fakes import FakeClient, FakeImage
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden" / "k8s"
@@ -260,6 +261,22 @@ def test_a_pushed_image_is_named_by_digest(capsys: pytest.CaptureFixture[str],
     assert code == 0
     assert yaml.safe_load(out)["spec"]["containers"][0]["image"] == f"a.example.org/x/y@{DIGEST}"
     assert "warning" not in err and f"also at {LOCATION}" in err
+
+
+def test_the_image_id_comes_from_the_engine(capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import envkit.engine.client as engine_client
+
+    engine = FakeClient({"envkit/pytorch-cuda:2.8": FakeImage(IMAGE_ID)})
+    monkeypatch.setattr(engine_client, "get_client", lambda **_: engine)
+    code, out, err = _run(capsys, "pytorch-cuda:2.8", "--", "python", "t.py")
+    assert code == 0 and "was never pushed from this host" in err
+    remember_location(IMAGE_ID, LOCATION)
+    code, out, err = _run(capsys, "pytorch-cuda:2.8", "--", "python", "t.py")
+    assert code == 0 and "warning" not in err
+    assert yaml.safe_load(out)["spec"]["template"]["spec"]["containers"][0]["image"] == LOCATION
+    code, out, err = _run(capsys, "pytorch-cuda:2.7", "--", "python", "t.py")
+    assert code == 0 and "envkit/pytorch-cuda:2.7 is not on this engine" in err
 
 
 def test_choose_image_says_why_it_falls_back() -> None:
