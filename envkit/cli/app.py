@@ -41,6 +41,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "import": ("envkit.cli.record", "import_cmd",
                "Load an archive written by `envkit export` "
                "(docker-archive or OCI layout; zstd, gzip or plain)."),
+    "k8s": ("envkit.cli.cluster", "k8s_cmd",
+            "Print a Kubernetes Job (or Pod) that runs NAME the way envkit runs it; "
+            "--verify checks GPU nodes."),
     "list": ("envkit.cli.image", "list_cmd",
              "Show the catalog: name:tag, torch, CUDA, cuDNN, Python, variant."),
     "lock": ("envkit.cli.image", "lock_cmd",
