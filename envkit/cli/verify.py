@@ -113,6 +113,8 @@ def verify_cmd(
         from envkit.engine.client import parse_hosts  # noqa: PLC0415
 
         engines = parse_hosts(hosts)  # every form checked before any work
+        if native:
+            raise UsageError("--native runs in this Python environment; it cannot be combined with --host")
 
     options = VerifyOptions(
         target=target,

@@ -384,8 +384,8 @@ def verify_fleet(
     options: runner.VerifyOptions,
     hosts: list[EngineHost],
     *,
-    local_factory: Callable[[], Any] = get_client,
-    client_factory: ClientFactory = host_client,
+    local_factory: Callable[[], Any] | None = None,
+    client_factory: ClientFactory | None = None,
     show: Show | None = None,
 ) -> FleetReport:
     """Verify ``options.target`` on every host in parallel; one result per host, in the order given.
@@ -398,10 +398,11 @@ def verify_fleet(
         raise UsageError("--native runs in this Python environment; it cannot be combined with --host")
     if not options.target:
         raise UsageError("NAME|IMAGE is required with --host")
-    source = local_source(options.target, local_factory)
+    source = local_source(options.target, local_factory or get_client)
+    connect = client_factory or host_client
     with ThreadPoolExecutor(max_workers=len(hosts), thread_name_prefix="envkit-host") as pool:
         futures = [
-            pool.submit(verify_host, host, source, options, client_factory=client_factory, show=show)
+            pool.submit(verify_host, host, source, options, client_factory=connect, show=show)
             for host in hosts
         ]
         results = [future.result() for future in futures]
