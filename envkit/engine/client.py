@@ -43,6 +43,11 @@ DEFAULT_API_VERSION = "auto"
 
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
+# Over SSH every HTTP connection is an SSH session, and the SDK keeps a pool of connections per
+# request URL (9 pools by default). sshd allows 10 sessions per connection (MaxSessions): a verify
+# run's requests would pass that and be refused ("no more sessions"). A few small pools stay under.
+SSH_POOLS = 3
+SSH_POOL_SIZE = 2
 SSH_HINT = (
     "check that `ssh [user@]host docker version` works for this user: the host key in "
     "~/.ssh/known_hosts, a key the host accepts (agent, ~/.ssh/config IdentityFile or ~/.ssh/id_*), "
@@ -55,27 +60,52 @@ def get_client(
 ) -> docker.DockerClient:
     """Return a client that has answered a ping, or raise EngineUnreachable."""
     url = base_url or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
-    errors: tuple[type[BaseException], ...] = (
-        docker.errors.DockerException, requests.exceptions.RequestException, OSError, EOFError,
-    )
+    pools: dict[str, int] = {}
     if url.startswith("ssh://"):
         try:
-            import paramiko  # noqa: PLC0415 - only SSH engines need it
+            import paramiko  # noqa: F401, PLC0415 - only SSH engines need it
         except ImportError as exc:
             raise MissingDependency(
                 f"{url}: reaching an engine over SSH needs paramiko", hint="pip install 'docker[ssh]'"
             ) from exc
-        errors += (paramiko.SSHException,)
+        pools = {"num_pools": SSH_POOLS, "max_pool_size": SSH_POOL_SIZE}
     try:
         client = docker.DockerClient(
             base_url=url, version=DEFAULT_API_VERSION, timeout=timeout,
-            tls=tls.config() if tls is not None else False,
+            tls=tls.config() if tls is not None else False, **pools,
         )
         client.ping()
-    except errors as exc:
+    except _connection_errors() as exc:
         hint = SSH_HINT if url.startswith("ssh://") else START_HINT
         raise EngineUnreachable(f"no Docker engine answers at {url}: {_short(exc)}", hint=hint) from exc
     return client
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (
+        docker.errors.DockerException, requests.exceptions.RequestException, OSError, EOFError,
+    )
+    try:
+        import paramiko  # noqa: PLC0415
+    except ImportError:
+        return errors
+    return (*errors, paramiko.SSHException)
+
+
+def connection_lost(exc: BaseException, url: str) -> EngineUnreachable | None:
+    """The envkit error for a connection to the engine at ``url`` that broke while in use (the
+    network, sshd refusing another session, the engine going away); None for anything else."""
+    lost = (requests.exceptions.ConnectionError, ConnectionError, EOFError)
+    try:
+        import paramiko  # noqa: PLC0415
+    except ImportError:
+        pass
+    else:
+        lost = (*lost, paramiko.SSHException)
+    if not isinstance(exc, lost):
+        return None
+    hint = SSH_HINT if url.startswith("ssh://") else START_HINT
+    return EngineUnreachable(f"lost the engine at {url}: {_short(exc) or type(exc).__name__}", hint=hint)
 
 
 # --------------------------------------------------------------------------- engines by --host

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from envkit import __version__
 from envkit.engine.archive import transfer_image
-from envkit.engine.client import EngineHost, find_image, get_client, host_client
+from envkit.engine.client import EngineHost, connection_lost, find_image, get_client, host_client
 from envkit.engine.registry import known_locations, pull_image
 from envkit.errors import (
     EngineRefused,
@@ -309,6 +309,7 @@ def gpu_name(report: VerifyReport | None, gpus: HostGpuReader | None) -> str | N
 
 
 def _failure(host: EngineHost, exc: BaseException, started: float, transfer: Transfer | None) -> HostResult:
+    exc = connection_lost(exc, host.url) or exc
     if isinstance(exc, EnvkitError):
         unreachable = isinstance(exc, EngineUnreachable)
         status: HostStatus = "unreachable" if unreachable else "error"

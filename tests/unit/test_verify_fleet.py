@@ -413,3 +413,39 @@ def test_cli_writes_the_fleet_json_and_exits_with_the_worst_code(
     err = capsys.readouterr().err
     assert "ssh://gpu1: image: present" in err
     assert "1 of 2 hosts failed (ssh://gpu2)" in err
+
+
+def test_a_connection_lost_mid_run_is_an_unreachable_host_not_a_bug() -> None:
+    import requests.exceptions
+
+    class Dropping(FakeClient):
+        def version(self) -> dict[str, Any]:
+            raise requests.exceptions.ConnectionError("Connection aborted: channel closed")
+
+    report = run_fleet({"gpu1": Dropping(), "gpu2": gpu_engine()})
+    assert [h.exit_code for h in report.hosts] == [3, 0]
+    gpu1 = report.hosts[0]
+    assert gpu1.status == "unreachable"
+    assert gpu1.error is not None and gpu1.error.message.startswith("lost the engine at ssh://gpu1: ")
+
+
+def test_ssh_clients_keep_few_pooled_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sshd allows 10 sessions per connection by default; each pooled HTTP connection is one."""
+    from envkit.engine import client as engine_client
+
+    made: dict[str, Any] = {}
+
+    class Recording:
+        def __init__(self, **kwargs: Any) -> None:
+            made.update(kwargs)
+
+        def ping(self) -> bool:
+            return True
+
+    monkeypatch.setattr(engine_client.docker, "DockerClient", Recording)
+    engine_client.get_client("ssh://ops@gpu1:2222")
+    assert made["base_url"] == "ssh://ops@gpu1:2222"
+    assert made["num_pools"] * made["max_pool_size"] + 3 < 10
+    made.clear()
+    engine_client.get_client("unix:///run/docker2.sock")
+    assert "num_pools" not in made
