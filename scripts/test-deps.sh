@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Host packages the tests drive as real clients and servers: an ssh client, a headless browser and
-# its driver, curl (dev services); Debian's docker-registry, htpasswd and openssl (the registry
-# tests start their own registry with scripts/registry.sh). Safe to run again: it installs only
+# Host packages the tests drive as real clients and servers: an ssh client, an ssh server (verify
+# --host reaches an engine over SSH on loopback), a headless browser and its driver, curl (dev
+# services); Debian's docker-registry, htpasswd and openssl (the registry tests start their own
+# registry with scripts/registry.sh). Safe to run again: it installs only
 # what is missing. Needs root (or sudo).
 set -euo pipefail
 
-PACKAGES=(openssh-client chromium chromium-driver curl docker-registry apache2-utils openssl)
+PACKAGES=(openssh-client openssh-server chromium chromium-driver curl docker-registry apache2-utils openssl)
 
 missing=()
 for package in "${PACKAGES[@]}"; do

@@ -315,3 +315,6 @@ class FakeClient:
 
     def info(self) -> dict[str, Any]:
         return {"Runtimes": self.runtimes, "MemTotal": 24 * 1024**3}
+
+    def version(self) -> dict[str, Any]:
+        return {"Version": "24.0.7", "ApiVersion": "1.43"}

@@ -526,3 +526,54 @@ def import_image(
     found = (find_image(client, ref) for ref in loaded)
     ids = [attrs["Id"] for attrs in found if attrs is not None]
     return ImportResult(path=source, loaded=tuple(loaded), image_ids=tuple(dict.fromkeys(ids)))
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    image_id: str
+    loaded: tuple[str, ...]
+    bytes_streamed: int
+
+
+def transfer_image(
+    source: docker.DockerClient,
+    target: docker.DockerClient,
+    image: str,
+    *,
+    show: Show | None = None,
+) -> TransferResult:
+    """`docker save` on ``source`` streamed into `docker load` on ``target``: no file in between.
+
+    The stream is read as tar on its way (a cut connection is a truncated archive, refused before
+    the engine loads anything half), and the loaded image must have the source's ID (exit 5 if
+    not). An image saved by its tag arrives with that tag, as `docker save | docker load` does.
+    """
+    say = phases(show)
+    attrs = inspect_image(source, image)
+    image_id = attrs["Id"]
+    tagged = not image.startswith("sha256:") and image in (attrs.get("RepoTags") or [])
+    save_ref = image if tagged else image_id
+    say(f"streaming {save_ref} ({image_id[7:19]}) from this engine into the host's")
+    try:
+        guard = _Guard(
+            buffered(source.api.get_image(save_ref, chunk_size=SAVE_CHUNK)),
+            cap=UNKNOWN_DISK_CAP, compressed=1, ratio_check=False, keep=True,
+            source=f"the save of {save_ref}",
+        )
+        loaded = load_archive(target, _checked_docker_archive(guard))
+    except KeyboardInterrupt as exc:
+        raise Interrupted(f"the transfer of {image} was interrupted") from exc
+    except requests.exceptions.RequestException as exc:
+        raise EngineUnreachable(f"lost an engine while streaming {image}: {exc}") from exc
+    except docker.errors.APIError as exc:
+        raise EngineRefused(f"streaming {image} failed: {exc}") from exc
+    except TarFormatError as exc:
+        raise IntegrityError(f"the save of {image} is not a complete image archive: {exc}") from exc
+    arrived = find_image(target, image_id)
+    if arrived is None:
+        raise IntegrityError(
+            f"the host's engine loaded {', '.join(loaded) or 'nothing'}, not {image_id}",
+            hint="the stream was changed on its way; try again",
+        )
+    say(f"streamed {guard.total} bytes; the host holds {image_id[7:19]}")
+    return TransferResult(image_id=image_id, loaded=tuple(loaded), bytes_streamed=guard.total)
