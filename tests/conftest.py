@@ -74,15 +74,41 @@ def remove_new_images(client, before: set[str], keep: tuple[str, ...] = ()) -> N
                 continue
 
 
+# What the integration suite holds on the engine's disk at its peak (the torch image, its builder
+# stage and unsealed twin, the dev image, a second engine's restores), with room to spare; measured
+# figures are in README.md (Development). ENVKIT_TEST_MIN_FREE_GB overrides it.
+MIN_FREE_GB = float(os.environ.get("ENVKIT_TEST_MIN_FREE_GB", "60"))
+
+
+def check_engine_disk(client, need_gb: float = MIN_FREE_GB) -> None:  # type: ignore[no-untyped-def]
+    """Fail before the first build, not midway through a seal, when the engine's disk is too full."""
+    import shutil
+
+    root = client.info().get("DockerRootDir") or "/var/lib/docker"
+    try:
+        free_gb = shutil.disk_usage(root).free / 1e9
+    except OSError:  # a remote engine: its disk cannot be read from here
+        return
+    if free_gb < need_gb:
+        pytest.fail(
+            f"the integration tests need about {need_gb:.0f} GB free on the engine's disk; {root} has "
+            f"{free_gb:.1f} GB free. Remove images you do not need (`docker image prune`, `docker rmi`) or, "
+            "knowing the risk of a disk-full failure midway, lower ENVKIT_TEST_MIN_FREE_GB",
+            pytrace=False,
+        )
+
+
 @pytest.fixture(scope="session")
 def docker_client():  # type: ignore[no-untyped-def]
     from envkit.engine.client import get_client
     from envkit.errors import EngineUnreachable
 
     try:
-        return get_client()
+        client = get_client()
     except EngineUnreachable as exc:
         pytest.fail(f"integration tests need a Docker engine: {exc} (run scripts/engine.sh)")
+    check_engine_disk(client)
+    return client
 
 
 @dataclass(frozen=True)
