@@ -37,12 +37,16 @@ def _image_id(local_tag: str) -> tuple[str | None, str | None]:
 @click.option("--job", "as_job", is_flag=True, help="A batch/v1 Job that runs COMMAND once (the default).")
 @click.option("--pod", "as_pod", is_flag=True, help="A bare Pod instead of a Job.")
 @click.option("--verify", "as_verify", is_flag=True,
-              help="An Indexed Job that runs the image's probe on --nodes GPU nodes, one JSON report "
-              "per node in its log.")
+              help="An Indexed Job that runs envkit verify's probe and benchmark on --nodes GPU nodes, "
+              "one JSON report per stage in each pod's log.")
 @click.option("--gpus", type=int, metavar="N", default=1, show_default=True,
-              help="GPUs per pod (nvidia.com/gpu).")
+              help="GPUs per pod (nvidia.com/gpu); with --verify, N > 1 adds a DDP run.")
 @click.option("--nodes", type=int, default=None, metavar="N",
               help="With --verify: how many GPU nodes, one pod each [default: 1].")
+@click.option("--workload", "workloads", metavar="LIST",
+              help="With --verify: comma-separated benchmark workloads [default: resnet50,yolo].")
+@click.option("--steps", type=int, metavar="N", default=None,
+              help="With --verify: timed benchmark steps per rung [default: the benchmark's].")
 @click.option("--gpu-product", metavar="LABEL",
               help="Only nodes whose nvidia.com/gpu.product label is LABEL, e.g. NVIDIA-H100-80GB-HBM3.")
 @click.option("--runtime-class", metavar="NAME", help="The pods' runtimeClassName, e.g. nvidia.")
@@ -64,6 +68,8 @@ def k8s_cmd(
     as_verify: bool,
     gpus: int,
     nodes: int | None,
+    workloads: str | None,
+    steps: int | None,
     gpu_product: str | None,
     runtime_class: str | None,
     shm_size: str | None,
@@ -97,7 +103,7 @@ def k8s_cmd(
     workload = k8s.plan(
         kind=kind, source=spec.ref, uid=spec.user.uid, image=image, gpus=gpus, nodes=nodes,
         command=command, name=object_name, namespace=namespace, runtime_class=runtime_class,
-        gpu_product=gpu_product, shm_size=shm_size,
+        gpu_product=gpu_product, shm_size=shm_size, workloads=workloads, steps=steps,
     )
     document = k8s.manifest(workload)
     text = k8s.to_json(document) if as_json else k8s.to_yaml(document)
@@ -113,7 +119,9 @@ def k8s_cmd(
     else:
         console.warning(image.note)
     if kind == "verify":
-        console.info(f"each pod prints its probe report as one JSON line; gather them with: "
+        stages = ", ".join(stage.name for stage in workload.stages)
+        console.info(f"each pod prints one JSON report line per stage ({stages}), after "
+                     f"[pod/NAME-INDEX-xxxxx/STAGE] with --prefix; gather them with: "
                      f"{k8s.gather_hint(workload)}")
     if output is not None:
         console.success(f"wrote {workload.kind} {workload.name} to {output}")

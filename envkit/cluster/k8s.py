@@ -20,9 +20,13 @@ What carries over from ``envkit run`` and ``envkit verify``:
 Kubernetes has no per-container ulimits; the container runtime's limits apply (containerd's usual
 systemd unit lifts ``memlock``, which NCCL needs, and its containers inherit that).
 
-The verify Job runs the probe that every envkit image carries (``/opt/envkit/probe/probe.py``, copied
-there by the Dockerfile's final stage), which prints one JSON report on stdout and exits 0 when
-what it checked is sound: no envkit CLI is needed in the image or on the node.
+The verify Job runs in each pod what ``envkit verify`` runs in its container, from the scripts every
+envkit image carries (``/opt/envkit/probe/``, copied there by the Dockerfile's final stage), one
+container per stage: the probe and the single-process benchmark as init containers, then, with
+more than one GPU, the benchmark under DDP over all of the pod's GPUs (torchrun) as the main
+container. Each stage prints one JSON report line on stdout and exits non-zero when what it checked
+is not sound, which stops the pod there and fails it; the container's name tags its report in
+``kubectl logs --prefix``. No envkit CLI and no shell is needed in the image or on the node.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import yaml
 
 from envkit.engine.registry import known_locations, parse_reference
 from envkit.errors import UsageError
+from envkit.incontainer.probe import WORKLOADS
 
 Kind = Literal["pod", "job", "verify"]
 KINDS: tuple[str, ...] = ("pod", "job", "verify")
@@ -48,6 +53,20 @@ HOSTNAME_LABEL = "kubernetes.io/hostname"
 # Where the Dockerfile's final stage copies the probe scripts (templates/partials/final.j2).
 BAKED_PROBE_DIR = "/opt/envkit/probe"
 PROBE_COMMAND: tuple[str, ...] = ("python", f"{BAKED_PROBE_DIR}/probe.py")
+BENCH_COMMAND: tuple[str, ...] = ("python", f"{BAKED_PROBE_DIR}/bench.py")
+# How envkit verify launches the benchmark under DDP (envkit/verify/runner.py, ScriptExecutor.run):
+# this prefix, then --nproc_per_node=N, then the script and its arguments.
+DDP_LAUNCHER: tuple[str, ...] = ("python", "-m", "torch.distributed.run", "--standalone")
+# The benchmark's arguments as envkit verify gives them on GPUs by default (runner.bench_args:
+# every workload, the builtin models, no compile rung, the script's own step count), and what its
+# DDP run adds: the collective timeout, a third of verify's 1800 s stage timeout. Verify sits
+# beside this package in the layers, so the values are repeated here; a unit test keeps them equal.
+BENCH_IMPL = "builtin"
+DDP_DIST_TIMEOUT = "600"
+MAX_STEPS = 100_000
+# What envkit verify puts in the environment of every stage, and of its DDP stage.
+STAGE_ENV: tuple[tuple[str, str], ...] = (("PYTHONUNBUFFERED", "1"), ("PYTHONDONTWRITEBYTECODE", "1"))
+DDP_ENV: tuple[tuple[str, str], ...] = (("GLOO_SOCKET_IFNAME", "lo"), ("NCCL_SOCKET_IFNAME", "lo"))
 WORKDIR = "/workspace"
 SHM_VOLUME = "dshm"
 DEFAULT_SHM = "8Gi"  # what `envkit run` gives /dev/shm when it cannot ask the host
@@ -99,6 +118,15 @@ class ImageChoice:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One container: its name (which tags its log lines), command and environment."""
+
+    name: str
+    command: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Workload:
     kind: Kind
     name: str
@@ -106,8 +134,8 @@ class Workload:
     image: ImageChoice
     uid: int
     gpus: int
-    command: tuple[str, ...]
-    env: tuple[tuple[str, str], ...] = ()
+    # One after another: every stage but the last is an init container, the last is the main one.
+    stages: tuple[Stage, ...]
     namespace: str | None = None
     runtime_class: str | None = None
     gpu_product: str | None = None
@@ -182,6 +210,20 @@ def check_command(command: tuple[str, ...]) -> tuple[str, ...]:
         except UnicodeEncodeError:
             raise K8sUsageError(f"command argument {arg[:40]!r} is not valid UTF-8") from None
     return command
+
+
+def check_workloads(value: str | None) -> tuple[str, ...]:
+    """``--workload``: a comma-separated subset of the benchmark's workloads, as envkit verify takes it."""
+    if value is None:
+        return WORKLOADS
+    names = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    unknown = [n for n in names if n not in WORKLOADS]
+    if not names or unknown:
+        raise K8sUsageError(
+            f"--workload {value!r}: unknown workload {', '.join(unknown) or '(none given)'}",
+            hint=f"use a comma-separated subset of {','.join(WORKLOADS)}",
+        )
+    return names
 
 
 def default_name(source: str, kind: Kind) -> str:
@@ -302,6 +344,36 @@ def plan_torchrun(command: tuple[str, ...], gpus: int) -> tuple[tuple[str, ...],
     return command, env
 
 
+# --- the verify stages ----------------------------------------------------------------------------
+
+
+def bench_args(workloads: tuple[str, ...] = WORKLOADS, steps: int | None = None, *, ddp: bool = False
+               ) -> tuple[str, ...]:
+    """The benchmark's arguments, as envkit verify builds them for a GPU run (runner.bench_args)."""
+    args: tuple[str, ...] = ("--workload", ",".join(workloads), "--impl", BENCH_IMPL)
+    if steps:
+        args += ("--steps", str(steps))
+    if ddp:
+        args += ("--dist-timeout", DDP_DIST_TIMEOUT)
+    return args
+
+
+def verify_stages(gpus: int, workloads: tuple[str, ...] = WORKLOADS, steps: int | None = None
+                  ) -> tuple[Stage, ...]:
+    """What envkit verify runs in its container, in its order: the probe (no arguments on a GPU),
+    the benchmark in one process, and with more than one GPU the benchmark under DDP with one
+    process per GPU. Every argument is a fixed string or a checked workload name or count."""
+    stages = [
+        Stage("probe", PROBE_COMMAND, STAGE_ENV),
+        Stage("bench", (*BENCH_COMMAND, *bench_args(workloads, steps)), STAGE_ENV),
+    ]
+    if gpus > 1:
+        command = (*DDP_LAUNCHER, f"--nproc_per_node={gpus}", *BENCH_COMMAND[1:],
+                   *bench_args(workloads, steps, ddp=True))
+        stages.append(Stage("bench-ddp", command, STAGE_ENV + DDP_ENV))
+    return tuple(stages)
+
+
 # --- the plan -------------------------------------------------------------------------------------
 
 
@@ -319,22 +391,28 @@ def plan(
     runtime_class: str | None = None,
     gpu_product: str | None = None,
     shm_size: str | None = None,
+    workloads: str | None = None,
+    steps: int | None = None,
 ) -> Workload:
     """Check every input and decide; raises K8sUsageError (exit 2) before anything is written."""
     if kind not in KINDS:
         raise K8sUsageError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
     gpus = check_count(gpus, "--gpus", MAX_GPUS)
     command = check_command(tuple(command))
-    env: tuple[tuple[str, str], ...] = ()
     if kind == "verify":
         if command:
-            raise K8sUsageError("--verify runs the image's probe; it takes no command after NAME")
+            raise K8sUsageError(
+                "--verify runs the image's probe and benchmark; it takes no command after NAME"
+            )
         nodes = check_count(1 if nodes is None else nodes, "--nodes", MAX_NODES)
-        command = PROBE_COMMAND
-        env = (("PYTHONDONTWRITEBYTECODE", "1"),)
+        if steps is not None:
+            check_count(steps, "--steps", MAX_STEPS)
+        stages = verify_stages(gpus, check_workloads(workloads), steps)
     else:
         if nodes is not None:
             raise K8sUsageError("--nodes is for --verify; a Pod or Job runs on one node")
+        if workloads is not None or steps is not None:
+            raise K8sUsageError("--workload and --steps are for --verify")
         if not command:
             raise K8sUsageError(
                 "nothing to run: give a command after NAME and `--`",
@@ -342,6 +420,7 @@ def plan(
             )
         nodes = 1
         command, env = plan_torchrun(command, gpus)
+        stages = (Stage("main", command, env),)
     if name is None:
         name = default_name(source, kind)  # type: ignore[arg-type]
     # The verify Job's pods are named NAME-INDEX-xxxxx with hostname NAME-INDEX: a label too.
@@ -362,8 +441,7 @@ def plan(
         image=image,
         uid=uid,
         gpus=gpus,
-        command=command,
-        env=env,
+        stages=stages,
         namespace=namespace,
         runtime_class=runtime_class,
         gpu_product=gpu_product,
@@ -400,16 +478,16 @@ def _metadata(workload: Workload) -> dict[str, Any]:
     return metadata
 
 
-def _container(workload: Workload) -> dict[str, Any]:
+def _container(workload: Workload, stage: Stage) -> dict[str, Any]:
     container: dict[str, Any] = {
-        "name": "probe" if workload.kind == "verify" else "main",
+        "name": stage.name,
         "image": workload.image.reference,
         "imagePullPolicy": workload.image.pull_policy,
-        "command": [literal_arg(arg) for arg in workload.command],
+        "command": [literal_arg(arg) for arg in stage.command],
         "workingDir": WORKDIR,
     }
-    if workload.env:
-        container["env"] = [{"name": key, "value": value} for key, value in workload.env]
+    if stage.env:
+        container["env"] = [{"name": key, "value": value} for key, value in stage.env]
     container["resources"] = {"limits": {GPU_RESOURCE: str(workload.gpus)}}
     container["securityContext"] = {
         "allowPrivilegeEscalation": False,
@@ -445,7 +523,12 @@ def pod_spec(workload: Workload) -> dict[str, Any]:
         "fsGroup": workload.uid,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    spec["containers"] = [_container(workload)]
+    # Init containers run one at a time, in order, each only when the one before exited 0; the GPUs
+    # the device plugin gives them are the ones the main container gets.
+    *first, last = workload.stages
+    if first:
+        spec["initContainers"] = [_container(workload, stage) for stage in first]
+    spec["containers"] = [_container(workload, last)]
     spec["volumes"] = [{"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": workload.shm_size}}]
     return spec
 
@@ -456,23 +539,28 @@ def manifest(workload: Workload) -> dict[str, Any]:
     if workload.kind == "pod":
         return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec(workload)}
     template = {"metadata": {"labels": _labels(workload)}, "spec": pod_spec(workload)}
-    job_spec: dict[str, Any] = {"backoffLimit": 0}
     if workload.kind == "verify":
-        job_spec.update({
+        # Each index fails on its own, without retries: a node that fails does not stop the others,
+        # so every node leaves its reports, and the Job ends Failed when any index failed.
+        job_spec: dict[str, Any] = {
+            "backoffLimitPerIndex": 0,
             "completionMode": "Indexed",
             "completions": workload.nodes,
             "parallelism": workload.nodes,
-        })
+        }
+    else:
+        job_spec = {"backoffLimit": 0}
     job_spec["template"] = template
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
 
 def gather_hint(workload: Workload) -> str:
-    """How to collect the verify Job's reports once it has run (one JSON line per node)."""
+    """How to collect the verify Job's reports once it has run: one JSON line per stage and node,
+    each after ``[pod/NAME-INDEX-xxxxx/STAGE]``."""
     ns = f" -n {workload.namespace}" if workload.namespace else ""
     return (
-        f"kubectl{ns} wait --for=condition=complete --timeout=30m job/{workload.name}; "
-        f"kubectl{ns} logs -l job-name={workload.name} --prefix --tail=-1 | grep -F '] {{'"
+        f"kubectl{ns} wait --for=condition=complete --timeout=60m job/{workload.name}; "
+        f"kubectl{ns} logs -l job-name={workload.name} --all-containers --prefix --tail=-1 | grep -F '] {{'"
     )
 
 

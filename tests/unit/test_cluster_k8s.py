@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import kubernetes.client
@@ -28,7 +30,8 @@ from envkit.cli import cluster as cli_cluster
 from envkit.cli.app import main
 from envkit.cluster import k8s
 from envkit.engine.registry import remember_location
-from envkit.incontainer.probe import PROBE_DIR, SCRIPT_FILES
+from envkit.incontainer.probe import PROBE_DIR, SCRIPT_FILES, WORKLOADS
+from envkit.verify import runner
 from tests.fakes import FakeClient, FakeImage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,12 +69,13 @@ def _pushed(monkeypatch: pytest.MonkeyPatch) -> None:
     remember_location(IMAGE_ID, LOCATION)
 
 
-# The three manifests the golden files hold, as the CLI writes them.
+# The manifests the golden files hold, as the CLI writes them.
 CASES: dict[str, tuple[str, ...]] = {
     "pod": ("pytorch-cuda:2.8", "--pod", "--image", LOCATION, "--", "python", "-c", "import torch; print(torch.cuda.device_count())"),
     "job": TORCHRUN_JOB,
     "verify-job": ("pytorch-cuda:2.8", "--verify", "--nodes", "4", "--gpus", "8", "--runtime-class", "nvidia",
                    "--gpu-product", "NVIDIA-H100-80GB-HBM3", "--namespace", "gpu-checks"),
+    "verify-job-1gpu": ("pytorch-cuda:2.8", "--verify", "--workload", "resnet50", "--steps", "20"),
 }
 
 
@@ -200,12 +204,32 @@ def test_verify_job_parses_as_an_indexed_v1_job(manifests: dict[str, dict[str, A
     assert job.metadata.namespace == "gpu-checks"
     assert job.spec.completion_mode == "Indexed"
     assert job.spec.completions == 4 and job.spec.parallelism == 4
+    # A failed index is not retried and does not stop the others; the Job then ends Failed.
+    assert job.spec.backoff_limit_per_index == 0 and job.spec.backoff_limit is None
     spec = job.spec.template.spec
     container = _restricted(spec)
-    # Exactly what the image carries, run without the envkit CLI, one JSON report on stdout.
-    assert container.command == ["python", "/opt/envkit/probe/probe.py"]
-    assert container.args is None
-    assert container.resources.limits == {"nvidia.com/gpu": "8"}
+    # What envkit verify runs in its container, from the scripts the image carries, in order:
+    # probe, benchmark, benchmark under DDP over the pod's 8 GPUs.
+    [probe, bench] = spec.init_containers
+    assert (probe.name, bench.name, container.name) == ("probe", "bench", "bench-ddp")
+    assert probe.command == ["python", "/opt/envkit/probe/probe.py"]
+    assert bench.command == ["python", "/opt/envkit/probe/bench.py", "--workload", "resnet50,yolo",
+                             "--impl", "builtin"]
+    assert container.command == [
+        "python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=8",
+        "/opt/envkit/probe/bench.py", "--workload", "resnet50,yolo", "--impl", "builtin",
+        "--dist-timeout", "600",
+    ]
+    for stage in (probe, bench, container):
+        assert stage.args is None
+        assert stage.image == container.image and stage.working_dir == "/workspace"
+        assert stage.resources.limits == {"nvidia.com/gpu": "8"}  # the same GPUs, stage after stage
+        assert stage.security_context == container.security_context
+        assert stage.volume_mounts == container.volume_mounts
+        env = {item.name: item.value for item in stage.env}
+        assert env["PYTHONUNBUFFERED"] == "1" and env["PYTHONDONTWRITEBYTECODE"] == "1"
+    ddp_env = {item.name: item.value for item in container.env}
+    assert ddp_env["GLOO_SOCKET_IFNAME"] == "lo" and ddp_env["NCCL_SOCKET_IFNAME"] == "lo"
     assert spec.runtime_class_name == "nvidia"
     assert spec.node_selector == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     # One pod per node.
@@ -215,18 +239,117 @@ def test_verify_job_parses_as_an_indexed_v1_job(manifests: dict[str, dict[str, A
     assert spec.volumes[0].empty_dir.size_limit == "2Gi"
 
 
-# --- the probe the verify Job runs ---------------------------------------------------------------
+def test_a_one_gpu_verify_job_has_no_ddp_stage(manifests: dict[str, dict[str, Any]]) -> None:
+    job = _model(manifests["verify-job-1gpu"], "V1Job")
+    spec = job.spec.template.spec
+    container = _restricted(spec)
+    [probe] = spec.init_containers
+    assert (probe.name, container.name) == ("probe", "bench")
+    assert container.command == ["python", "/opt/envkit/probe/bench.py", "--workload", "resnet50",
+                                 "--impl", "builtin", "--steps", "20"]
+    assert container.resources.limits == probe.resources.limits == {"nvidia.com/gpu": "1"}
+    assert job.spec.completions == 1
 
 
-def test_the_verify_command_is_where_the_dockerfile_puts_the_probe() -> None:
+# --- what the verify Job runs ---------------------------------------------------------------------
+
+
+def test_the_verify_scripts_are_where_the_dockerfile_puts_them() -> None:
     final_stage = (REPO / "templates" / "partials" / "final.j2").read_text()
     assert f"COPY probe/ {k8s.BAKED_PROBE_DIR}/\n" in final_stage
-    assert "probe.py" in SCRIPT_FILES
     assert k8s.PROBE_COMMAND == ("python", f"{k8s.BAKED_PROBE_DIR}/probe.py")
+    assert k8s.BENCH_COMMAND == ("python", f"{k8s.BAKED_PROBE_DIR}/bench.py")
+    for command in (k8s.PROBE_COMMAND, k8s.BENCH_COMMAND):
+        script = command[1].removeprefix(f"{k8s.BAKED_PROBE_DIR}/")
+        assert script in SCRIPT_FILES and (PROBE_DIR / script).is_file()
+    for stage in k8s.verify_stages(8):
+        scripts = [arg for arg in stage.command if arg.startswith("/")]
+        assert scripts == [k8s.PROBE_COMMAND[1] if stage.name == "probe" else k8s.BENCH_COMMAND[1]]
+
+
+class _Recorder(runner.ScriptExecutor):
+    """Records what envkit verify launches, with the scripts where the image has them; every run
+    prints nothing, so each stage ends there and the next call starts the next one."""
+
+    def __init__(self) -> None:
+        self.launched: list[list[str]] = []
+
+    def script_path(self, script: str) -> str:
+        return f"{k8s.BAKED_PROBE_DIR}/{script}"
+
+    def launch(self, argv: list[str], *, timeout_s: float, distributed: bool, show: Any) -> runner.RunResult:
+        self.launched.append(["python", *argv])
+        return runner.RunResult(stdout="", stderr="", exit_code=1, timed_out=False)
+
+
+def _verify_commands(options: runner.VerifyOptions, nproc: int) -> list[list[str]]:
+    """The command lines envkit verify runs in its container for ``options``, stage by stage."""
+    recorder = _Recorder()
+    report = SimpleNamespace(verdict=None, log_tail=None, bench_partial=None, bench_ddp=None)
+    stages = runner._Stages(report, options, recorder, None)  # type: ignore[arg-type]
+    runner._run_probe(stages)
+    runner._run_bench(stages)
+    runner._run_ddp(stages, nproc)
+    return recorder.launched
+
+
+@pytest.mark.parametrize(
+    ("gpus", "workload", "steps"),
+    [(1, None, None), (2, None, None), (8, None, None), (8, "yolo", 50), (4, "resnet50,yolo", 1),
+     (16, "yolo,resnet50", None)],
+)
+def test_the_stages_are_what_envkit_verify_runs(gpus: int, workload: str | None, steps: int | None) -> None:
+    """The repeated constants and argument building match envkit verify's own, for a GPU run."""
+    workloads = tuple(workload.split(",")) if workload else WORKLOADS
+    options = runner.VerifyOptions(target="x", gpus=gpus, workloads=workloads, steps=steps)
+    probe, bench, ddp = _verify_commands(options, gpus)
+    stages = k8s.verify_stages(gpus, k8s.check_workloads(workload), steps)
+    expected = [probe, bench] + ([ddp] if runner._ddp_processes(options, None) > 1 else [])  # type: ignore[arg-type]
+    assert [list(stage.command) for stage in stages] == expected
+    assert list(k8s.bench_args(workloads, steps)) == runner.bench_args(options)
+    assert list(k8s.bench_args(workloads, steps, ddp=True)) == runner.bench_args(options, ddp=True)
+    assert k8s.DDP_DIST_TIMEOUT == f"{runner.dist_timeout_s(runner.DEFAULT_TIMEOUT_S):g}"
+
+
+def test_the_benchmark_accepts_the_jobs_arguments() -> None:
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(PROBE_DIR))
+    try:
+        import bench  # type: ignore[import-not-found]  # as the image runs it: a plain script
+    finally:
+        sys.path.remove(str(PROBE_DIR))
+    for stage in k8s.verify_stages(8, ("yolo",), 7):
+        if stage.name == "probe":
+            continue
+        start = stage.command.index(k8s.BENCH_COMMAND[1]) + 1
+        args = bench.parse_args(list(stage.command[start:]))
+        assert args.workloads == ["yolo"] and args.steps == 7 and args.impl == "builtin"
+        assert args.dist_timeout == (600.0 if stage.name == "bench-ddp" else bench.DEFAULT_DIST_TIMEOUT_S)
+
+
+def test_user_values_never_reach_a_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """Names, labels and classes go to metadata and selectors only: every command is the fixed
+    one, with nothing but checked workload names and counts in it."""
+    code, out, err = _run(capsys, "pytorch-cuda:2.8", "--verify", "--gpus", "4", "--nodes", "3",
+                          "--name", "zq-name", "--namespace", "zq-ns", "--gpu-product", "ZQ-GPU",
+                          "--runtime-class", "zq-class", "--shm-size", "3Gi", "--image", LOCATION)
+    assert code == 0, err
+    spec = yaml.safe_load(out)["spec"]["template"]["spec"]
+    containers = spec["initContainers"] + spec["containers"]
+    assert [c["command"] for c in containers] == [list(stage.command) for stage in k8s.verify_stages(4)]
+    for container in containers:
+        text = json.dumps([container["command"], container.get("env")])
+        assert "zq" not in text.lower() and "3Gi" not in text and "$" not in text
+        assert not container.get("args")
+        assert container["command"][0] == "python"  # no shell anywhere
+    for stage in k8s.verify_stages(16, WORKLOADS, 100_000):
+        for arg in stage.command:
+            assert re.fullmatch(r"[-A-Za-z0-9_./=,]+", arg), arg
 
 
 def test_the_probe_run_as_the_job_runs_it_prints_one_json_report(tmp_path: Path) -> None:
-    """The Job's command, with the probe at its place in this checkout: a plain script, no envkit."""
+    """The probe stage's command, with the probe at its place in this checkout: a plain script, no
+    envkit; a report that is not ok exits 1, which fails the init container and so the pod."""
     argv = [sys.executable if arg == "python" else arg for arg in k8s.PROBE_COMMAND]
     argv[1] = str(PROBE_DIR / "probe.py")
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
@@ -334,7 +457,30 @@ def test_json_and_output_file_hold_the_same_manifest(capsys: pytest.CaptureFixtu
     code, out, err = _run(capsys, *CASES["verify-job"], "-o", str(target))
     assert code == 0 and out == ""
     assert target.read_text() == as_yaml
-    assert "kubectl -n gpu-checks logs -l job-name=pytorch-cuda-2-8-verify --prefix --tail=-1" in err
+    assert ("kubectl -n gpu-checks logs -l job-name=pytorch-cuda-2-8-verify --all-containers --prefix "
+            "--tail=-1 | grep -F '] {'") in err
+    assert "(probe, bench, bench-ddp)" in err
+
+
+def test_the_gathering_command_keeps_exactly_the_report_lines() -> None:
+    """What `kubectl logs --all-containers --prefix` prints for a pod (stdout and stderr of every
+    container), and what the grep in the hint keeps: one report per stage, tagged by its container."""
+    workload = k8s.plan(kind="verify", source="pytorch-cuda:2.8", uid=1000, gpus=2,
+                        image=k8s.choose_image("envkit/x:1", explicit=LOCATION, image_id=None, why_unknown=None))
+    pattern = k8s.gather_hint(workload).rsplit("grep -F ", 1)[1].strip("'")
+    log = [
+        '[pod/v-0-abcde/probe] /venv/lib/torch/cuda/__init__.py:1: UserWarning: {"not": "a report"}',
+        '[pod/v-0-abcde/probe] {"ok": true, "schema": "envkit.probe/1"}',
+        "[pod/v-0-abcde/bench] [bench] resnet50: fp32 batch 256",
+        '[pod/v-0-abcde/bench] ENVKIT_EVENT {"event": "rung", "status": "ok"}',
+        '[pod/v-0-abcde/bench] {"ok": true, "schema": "envkit.bench/1"}',
+        "[pod/v-0-abcde/bench-ddp] W0101 torch/distributed/run.py: Setting OMP_NUM_THREADS",
+        '[pod/v-0-abcde/bench-ddp] {"ok": true, "schema": "envkit.bench/1"}',
+    ]
+    kept = [line for line in log if pattern in line]
+    assert [line.split("/")[2].split("]")[0] for line in kept] == [s.name for s in workload.stages]
+    for line in kept:
+        json.loads(line.split("] ", 1)[1])
 
 
 def test_default_names_fit_every_index() -> None:
@@ -368,6 +514,11 @@ def test_default_names_fit_every_index() -> None:
         ((), "nothing to run"),
         (("--nodes", "2", "--", "x"), "--nodes is for --verify"),
         (("--verify", "--", "x"), "takes no command"),
+        (("--verify", "--workload", "vit"), "unknown workload vit"),
+        (("--verify", "--workload", ","), "(none given)"),
+        (("--verify", "--steps", "0"), "--steps 0"),
+        (("--workload", "yolo", "--", "x"), "are for --verify"),
+        (("--steps", "5", "--", "x"), "are for --verify"),
         (("--verify", "--nodes", "0"), "--nodes 0"),
         (("--verify", "--nodes", "1001"), "from 1 to 1000"),
         (("--verify", "--nodes", "100", "--name", "n" * 61), "not a Kubernetes name"),
