@@ -20,9 +20,9 @@ from envkit.spec.model import ImageSpec
 
 # Needed in every final image: the interpreter the venv points at, and public CA roots so users
 # can fetch data over HTTPS at run time (the build's own CA bundle never gets here). torch.compile
-# builds kernels with a C compiler against the Python headers (Inductor on the CPU, Triton's
-# launchers on the GPU), so every image that runs torch carries both.
-RUNTIME_PACKAGES_FMT = ("ca-certificates", "gcc", "lib{python}-dev")
+# builds kernels against the Python headers: Inductor's CPU kernels are C++ (g++, with OpenMP from
+# gcc's libgomp) and Triton's launchers on the GPU are C (gcc), so every image carries all three.
+RUNTIME_PACKAGES_FMT = ("ca-certificates", "gcc", "g++", "lib{python}-dev")
 # What people reach for first in an interactive image: a training repo is cloned, a job kept alive.
 DEV_PACKAGES = ("git", "tmux")
 # The builder only needs an interpreter with venv/ensurepip to bootstrap the pinned installer.

@@ -71,6 +71,8 @@ RUN apt-get update \
       ca-certificates=20230311+deb12u1 \
       cpp=4:12.2.0-3 \
       cpp-12=12.2.0-14+deb12u1 \
+      g++=4:12.2.0-3 \
+      g++-12=12.2.0-14+deb12u1 \
       gcc=4:12.2.0-3 \
       gcc-12=12.2.0-14+deb12u1 \
       libasan8=12.2.0-14+deb12u1 \
@@ -109,6 +111,7 @@ RUN apt-get update \
       libreadline8=8.2-1.3 \
       libsqlite3-0=3.40.1-2+deb12u2 \
       libssl3=3.0.20-1~deb12u2 \
+      libstdc++-12-dev=12.2.0-14+deb12u1 \
       libtirpc-common=1.3.3+ds-1 \
       libtirpc-dev=1.3.3+ds-1 \
       libtirpc3=1.3.3+ds-1 \
@@ -148,7 +151,7 @@ LABEL \
       "io.envkit.cuda"="12.4" \
       "io.envkit.cudnn"="9.1.0.70" \
       "io.envkit.envkit-version"="0.1.0" \
-      "io.envkit.lock-digest"="sha256:7694da9fc47752a4ac8dda08b4640b8107747ef533e679cc11b4fe538e6f0e94" \
+      "io.envkit.lock-digest"="sha256:f3fcb14c66f7de2681efa3539c93eaf3b2efaa4a5e0fde38c1b48971d0fde5a8" \
       "io.envkit.min-driver"="550.54.14" \
       "io.envkit.name"="pytorch-cuda:2.6" \
       "io.envkit.nccl"="2.21.5" \

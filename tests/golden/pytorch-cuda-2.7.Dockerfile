@@ -71,6 +71,8 @@ RUN apt-get update \
       ca-certificates=20230311+deb12u1 \
       cpp=4:12.2.0-3 \
       cpp-12=12.2.0-14+deb12u1 \
+      g++=4:12.2.0-3 \
+      g++-12=12.2.0-14+deb12u1 \
       gcc=4:12.2.0-3 \
       gcc-12=12.2.0-14+deb12u1 \
       libasan8=12.2.0-14+deb12u1 \
@@ -109,6 +111,7 @@ RUN apt-get update \
       libreadline8=8.2-1.3 \
       libsqlite3-0=3.40.1-2+deb12u2 \
       libssl3=3.0.20-1~deb12u2 \
+      libstdc++-12-dev=12.2.0-14+deb12u1 \
       libtirpc-common=1.3.3+ds-1 \
       libtirpc-dev=1.3.3+ds-1 \
       libtirpc3=1.3.3+ds-1 \
@@ -148,7 +151,7 @@ LABEL \
       "io.envkit.cuda"="12.6" \
       "io.envkit.cudnn"="9.5.1.17" \
       "io.envkit.envkit-version"="0.1.0" \
-      "io.envkit.lock-digest"="sha256:bfe9e719e168e4898475a6e8bf22e8d570348e7394c990eeb6d1abe7a7fdd6bf" \
+      "io.envkit.lock-digest"="sha256:f2889b6d6dc25269b043b5d88ba1f73ae04a9e1360d16626438d1d6311a97908" \
       "io.envkit.min-driver"="560.28.03" \
       "io.envkit.name"="pytorch-cuda:2.7" \
       "io.envkit.nccl"="2.26.2" \

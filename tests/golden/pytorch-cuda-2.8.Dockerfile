@@ -71,6 +71,8 @@ RUN apt-get update \
       ca-certificates=20230311+deb12u1 \
       cpp=4:12.2.0-3 \
       cpp-12=12.2.0-14+deb12u1 \
+      g++=4:12.2.0-3 \
+      g++-12=12.2.0-14+deb12u1 \
       gcc=4:12.2.0-3 \
       gcc-12=12.2.0-14+deb12u1 \
       libasan8=12.2.0-14+deb12u1 \
@@ -109,6 +111,7 @@ RUN apt-get update \
       libreadline8=8.2-1.3 \
       libsqlite3-0=3.40.1-2+deb12u2 \
       libssl3=3.0.20-1~deb12u2 \
+      libstdc++-12-dev=12.2.0-14+deb12u1 \
       libtirpc-common=1.3.3+ds-1 \
       libtirpc-dev=1.3.3+ds-1 \
       libtirpc3=1.3.3+ds-1 \
@@ -148,7 +151,7 @@ LABEL \
       "io.envkit.cuda"="12.8" \
       "io.envkit.cudnn"="9.10.2.21" \
       "io.envkit.envkit-version"="0.1.0" \
-      "io.envkit.lock-digest"="sha256:0f18cbbfb749f4c7508c1cbf39ccaba73c264f28ec3d48535632598af403d3c5" \
+      "io.envkit.lock-digest"="sha256:8a3d1b04c96c99048aaa3bf5a37553c5a2fc0cbeb3ee814cf08bfc707dd70d63" \
       "io.envkit.min-driver"="570.26" \
       "io.envkit.name"="pytorch-cuda:2.8" \
       "io.envkit.nccl"="2.27.3" \

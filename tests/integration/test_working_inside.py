@@ -1,6 +1,6 @@
 """Working inside the built image as people train: exit codes, pip as the default user, FROM + pip,
-the compile rung, and the shipped example. All of it runs against the one session-wide
-pytorch-cuda:2.8 build (tests/conftest.py's torch_image); nothing here builds another torch image.
+and the shipped example (the compile rung is tested in test_verify_engine.py). All of it runs
+against the one session-wide pytorch-cuda:2.8 build (tests/conftest.py's torch_image); nothing here builds another torch image.
 """
 
 from __future__ import annotations
@@ -62,13 +62,6 @@ def test_from_the_image_run_pip_install_builds(torch_image: BuiltImage, docker_c
         assert output.strip() == b"1"
     finally:
         docker_client.images.remove(image.id, force=True)
-
-
-def test_verify_cpu_compile_runs_the_compile_rung(torch_image: BuiltImage, tmp_path: Path) -> None:
-    report = tmp_path / "report.json"
-    result = run_envkit("verify", torch_image.tag, "--cpu", "--compile", "--workload", "resnet50",
-                        "--json", str(report), timeout=1800)
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_the_resnet_example_trains_in_the_runtime_image(torch_image: BuiltImage, tmp_path: Path) -> None:
