@@ -4,7 +4,7 @@ this host from wheels downloaded here, standing in for a regional PyPI mirror.
 The index is envkit's own package server (the one offline restores use) on the engine's bridge
 gateway, so the builder container reaches it. The image built through it must be the very image
 built from PyPI (the lock's hashes decide, not where the bytes came from), every wheel must have
-come from the mirror, and a mirror that serves other bytes must fail the build.
+come from the mirror, and a mirror that serves other bytes must fail the build (exit 5).
 """
 
 from __future__ import annotations
@@ -45,17 +45,19 @@ def _direct(host: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wheels]:
-    """The locked set of the test image, downloaded once with its hashes checked (as a mirror holds it)."""
-    from envkit.image.build import plan_build
+    """The locked set of the test image and envkit's pinned installer (the builder installs it from
+    the same index), downloaded once with their hashes checked, as a mirror holds them."""
+    from envkit.image.build import TOOLS_LOCK, plan_build
 
     plan = plan_build(TEST_IMAGE)
     root = tmp_path_factory.mktemp("mirror")
     requirements = root / "requirements.txt"
     requirements.write_text(plan.requirements or "")
-    download_wheels(requirements, root / "wheels", python=plan.spec.python, platform=plan.spec.platform,
-                    suite="bookworm")
+    for source in (requirements, TOOLS_LOCK):
+        download_wheels(source, root / "wheels", python=plan.spec.python, platform=plan.spec.platform,
+                        suite="bookworm")
     files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (root / "wheels").iterdir()}
-    assert any(name.startswith("torch-") for name in files)
+    assert any(name.startswith("torch-") for name in files) and any(name.startswith("uv-") for name in files)
     yield Wheels(root=root, sha256=files)
     shutil.rmtree(root, ignore_errors=True)
 
@@ -101,11 +103,15 @@ def test_a_mirror_serving_other_bytes_fails_the_build_and_moves_no_tag(
     tag = f"envkit-test/mirror-bad:{uuid.uuid4().hex[:8]}"
     try:
         with PackageServer(DirStore(tampered), wheels.sha256, _gateway(docker_client)) as server:
+            # --no-cache: the mirror is no input of the image, so without it the build would rightly
+            # reuse the identical image already built instead of fetching anything.
             result = run_envkit("build", TEST_IMAGE, "--tag", tag, "--index-url", f"{server.url}/simple/",
-                                "--ca-bundle", str(torch_image.ca_bundle), env=_direct(server.host),
-                                timeout=3600)
-        assert result.returncode == 4, result.stderr[-3000:]
-        assert "hash" in result.stderr.lower()
+                                "--ca-bundle", str(torch_image.ca_bundle), "--no-cache",
+                                env=_direct(server.host), timeout=3600)
+        assert result.returncode == 5, result.stderr[-3000:]  # an integrity failure, not a build bug
+        text = " ".join(result.stderr.split()).lower()
+        assert "hash mismatch for" in text, result.stderr[-3000:]
+        assert small.split("-")[0].lower().replace("_", "-") in text.replace("_", "-"), result.stderr[-3000:]
         with pytest.raises(docker.errors.ImageNotFound):
             docker_client.images.get(tag)
     finally:
