@@ -169,6 +169,25 @@ def torch_image(docker_client) -> Iterator[BuiltImage]:  # type: ignore[no-untyp
         pass
 
 
+@pytest.fixture(scope="module")
+def image(docker_client, request: pytest.FixtureRequest) -> str:  # type: ignore[no-untyped-def]
+    """The image verify tests run: ENVKIT_TEST_IMAGE when set (it must be on the engine), else the
+    session's shared torch build."""
+    import docker.errors
+
+    given = os.environ.get("ENVKIT_TEST_IMAGE", "")
+    if not given:
+        return str(request.getfixturevalue("torch_image").tag)
+    try:
+        docker_client.images.get(given)
+    except docker.errors.ImageNotFound:
+        pytest.fail(
+            f"test image {given} is not on the engine: build it (`envkit build pytorch-cuda:2.8`) "
+            "or point ENVKIT_TEST_IMAGE at one with torch"
+        )
+    return given
+
+
 @dataclass(frozen=True)
 class SecondEngine:
     client: object

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envkit.atomic import check_output_path
+from envkit.digests import sha256_file
 from envkit.errors import IntegrityError, NetworkError, UsageError
 from envkit.events import Event, done
 from envkit.lock.mirror import redact
@@ -149,11 +150,7 @@ def _amount(size: int, total: int) -> str:
 def _cached_ok(path: Path, sha256: str) -> bool:
     if not path.is_file():
         return False
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    if digest.hexdigest() == sha256:
+    if sha256_file(path) == sha256:
         return True
     path.unlink()  # a damaged cache entry is dropped and fetched again
     return False

@@ -22,21 +22,6 @@ from envkit.verify import runner
 pytestmark = pytest.mark.docker
 
 REPO = Path(__file__).resolve().parent.parent.parent
-IMAGE = os.environ.get("ENVKIT_TEST_IMAGE", "")
-
-
-@pytest.fixture(scope="module")
-def image(docker_client: docker.DockerClient, request: pytest.FixtureRequest) -> str:
-    if not IMAGE:
-        return str(request.getfixturevalue("torch_image").tag)
-    try:
-        docker_client.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        pytest.fail(
-            f"test image {IMAGE} is not on the engine: build it (`envkit build pytorch-cuda:2.8`) "
-            "or point ENVKIT_TEST_IMAGE at one with torch"
-        )
-    return IMAGE
 
 
 @pytest.fixture(scope="module")

@@ -28,22 +28,10 @@ import pytest
 pytestmark = pytest.mark.docker
 
 REPO = Path(__file__).resolve().parent.parent.parent
-IMAGE = os.environ.get("ENVKIT_TEST_IMAGE", "")
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 CONTEXT = "envkit-fleet-second"
 LABEL_VERIFY_RUN = "io.envkit.verify-run"
 SECOND_SOCK = "/run/envkit-docker2.sock"  # the second_engine fixture's (tests/conftest.py)
-
-
-@pytest.fixture(scope="module")
-def image(docker_client: docker.DockerClient, request: pytest.FixtureRequest) -> str:
-    if not IMAGE:
-        return str(request.getfixturevalue("torch_image").tag)
-    try:
-        docker_client.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        pytest.fail(f"test image {IMAGE} is not on the engine: build it or point ENVKIT_TEST_IMAGE at one")
-    return IMAGE
 
 
 def _free_port() -> int:
