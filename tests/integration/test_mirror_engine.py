@@ -70,7 +70,9 @@ def test_a_build_through_a_mirror_gives_the_image_built_from_pypi(
     try:
         with PackageServer(DirStore(wheels.root), wheels.sha256, _gateway(docker_client)) as server:
             url = f"{server.url}/simple/"
-            result = run_envkit("build", TEST_IMAGE, "--tag", tag, "--index-url", url, "--json",
+            # --no-cache: the suite's earlier build of the same lock would otherwise be reused from
+            # the engine's cache and no wheel would be asked of the mirror.
+            result = run_envkit("build", TEST_IMAGE, "--tag", tag, "--index-url", url, "--json", "--no-cache",
                                 "--ca-bundle", str(torch_image.ca_bundle), env=_direct(server.host),
                                 timeout=3600)
             served = set(server.log.served)
