@@ -80,6 +80,7 @@ class Progress:
         self.step = ""
         self.last = ""
         self._live: Live | None = None
+        self._quarters: dict[str, int] = {}
 
     def _render(self) -> Text:
         text = Text(f"{self.title}  ", style="bold")
@@ -105,6 +106,9 @@ class Progress:
         elif kind == "phase":
             self.step = message
             line = message
+        elif kind == "bytes" and step is not None and total:
+            self._bytes(message, step, total)
+            return
         else:
             self.last = message
             line = "  " + message
@@ -112,6 +116,19 @@ class Progress:
             self._live.update(self._render())
         elif kind in ("step", "phase", "download"):
             console.print(f"[{_elapsed(self.start):>6}] {line}", markup=False, highlight=False)
+
+    def _bytes(self, label: str, done: int, total: int) -> None:
+        """A byte count as a bar on a terminal; in a log, one line per quarter."""
+        share = min(done / total, 1.0)
+        text = f"{label}  {'#' * int(share * 30):<30}  {done / 1e9:.2f}/{total / 1e9:.2f} GB"
+        if self._live is not None:
+            self.last = text
+            self._live.update(self._render())
+            return
+        quarter = int(share * 4)
+        if quarter > self._quarters.get(label, -1):
+            self._quarters[label] = quarter
+            console.print(f"[{_elapsed(self.start):>6}]   {text}", markup=False, highlight=False)
 
     @contextmanager
     def running(self) -> Iterator[Progress]:

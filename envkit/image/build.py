@@ -8,13 +8,18 @@ The target tag moves only after the build (and seal) succeeded.
 from __future__ import annotations
 
 import hashlib
+import queue
 import re
+import shutil
+import tempfile
+import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
 import docker.errors
@@ -29,15 +34,17 @@ from envkit.errors import (
     Interrupted,
     NetworkError,
 )
-from envkit.events import Event
+from envkit.events import Event, relay
 from envkit.image.base import BasePlan, ensure_base
 from envkit.image.context import BuildContext, detect_ca_bundle, proxy_build_args
 from envkit.image.render import RenderInput, render_dockerfile
+from envkit.image.wheelcache import CachedWheels, ensure_wheels
 from envkit.resources import PACKAGE_DIR, probe_dir, templates_dir
 from envkit.spec import compat
 from envkit.spec.catalog import SpecRef, load
 
 TOOLS_LOCK = PACKAGE_DIR / "data" / "tools.txt"
+VENV = "/opt/venv"
 LOG_TAIL = 25
 
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -79,8 +86,9 @@ class BuildPlan:
     lock_digest: str | None = None
     lock_source: str = "none"  # "file", "resolved now", "none" (render only)
     ca_bundle: Path | None = None
-    # A mirror's URLs as the builder stage's ARGs (see envkit.lock.mirror): never in the Dockerfile.
-    mirror_args: dict[str, str] = field(default_factory=dict)
+    # Where the host fetches wheels the cache lacks (pip's index arguments: a mirror, the PyTorch
+    # index, or an offline restore's local server). Never in the Dockerfile, a label or a layer.
+    index_args: list[str] = field(default_factory=list)
 
     @property
     def spec(self) -> Any:
@@ -167,14 +175,17 @@ def plan_for_spec(
     resolved = resolve_spec(ref)
     base_plan, base_ref = _base_for(ref)
     bundle = detect_ca_bundle(ca_bundle, environ)
-    mirror_args: dict[str, str] = {}
     if offline_index is None:
         from envkit.lock import mirror
 
-        mirror_args = mirror.choose(
+        index_args = mirror.choose(
             cli_url=index_url, spec_url=ref.spec.index_url, spec_extra=ref.spec.extra_index_url,
             torch_index=resolved.index_url, environ=environ,
-        ).build_args(torch_index_first=bool(resolved.index_url))
+        ).pip_args()
+    else:
+        index_args = ["--index-url", offline_index, "--trusted-host", urlsplit(offline_index).hostname or ""]
+    if bundle is not None:
+        index_args += ["--cert", str(bundle)]
 
     requirements, lock_digest, lock_source = None, None, "none"
     if lock is not None:
@@ -194,13 +205,10 @@ def plan_for_spec(
         nccl=resolved.nccl,
         arch_list=resolved.arch_list,
         min_driver=resolved.min_driver,
-        index_url=offline_index or resolved.index_url,
-        tools_index_url=offline_index,
         lock_digest=lock_digest,
-        ca_bundle=bundle is not None,
         system_pins=dict(lock.apt) if lock else {},
         builder_pins=dict(lock.builder_apt) if lock else {},
-        mirror_args=tuple(sorted(mirror_args)),
+        python_names=_python_names(requirements),
     )
     return BuildPlan(
         ref=ref,
@@ -213,8 +221,16 @@ def plan_for_spec(
         lock_digest=lock_digest,
         lock_source=lock_source,
         ca_bundle=bundle,
-        mirror_args=mirror_args,
+        index_args=index_args,
     )
+
+
+def _python_names(requirements: str | None) -> tuple[str, ...]:
+    if not requirements:
+        return ()
+    from envkit.lock.python import parse_locked
+
+    return tuple(sorted(parse_locked(requirements)))
 
 
 def read_fresh_lock(ref: SpecRef) -> Any:
@@ -260,10 +276,8 @@ def make_context(plan: BuildPlan) -> BuildContext:
         raise ValueError("a build context needs the locked requirements")
     context = BuildContext()
     context.add("Dockerfile", plan.dockerfile.encode())
+    # Not used by the engine build: here so that the inputs digest changes with the lock.
     context.add("build/requirements.txt", plan.requirements.encode())
-    context.add("build/tools.txt", TOOLS_LOCK.read_bytes())
-    if plan.ca_bundle is not None:
-        context.add("build/ca-bundle.crt", plan.ca_bundle.read_bytes())
     context.add_tree("probe", probe_dir())
     files = templates_dir() / "files"
     if files.is_dir():
@@ -346,9 +360,7 @@ def _stream_build(
     yield from stream_context_build(
         client, context.to_tar(plan.spec.source_date_epoch), platform=plan.spec.platform, nocache=nocache,
         network_mode=network_mode,
-        buildargs={
-            **(proxy_build_args() if buildargs is None else buildargs), **getattr(plan, "mirror_args", {})
-        },
+        buildargs=proxy_build_args() if buildargs is None else buildargs,
     )
 
 
@@ -490,23 +502,29 @@ def build_image(
             )
             yield Event("done", f"reused {target}", data={"result": result})
             return
-    yield Event("phase", f"build {target}")
+    if plan.requirements is None:
+        raise ValueError("a build needs the locked requirements")
     t0 = time.monotonic()
-    image_id = ""
+    wheels = yield from relay(ensure_wheels(
+        plan.requirements, python=plan.spec.python, platform=plan.spec.platform, suite=_suite(plan),
+        index_args=plan.index_args,
+    ))
+    durations["wheels"] = time.monotonic() - t0
+    yield Event("phase", f"build the system part of {target}")
+    t0 = time.monotonic()
+    system_id = ""
     cached = 0
     for event in _stream_build(client, plan, nocache=nocache, network_mode=network_mode, buildargs=buildargs):
         if event.kind == "done":
-            image_id = event.data["image_id"]
+            system_id = client.images.get(event.data["image_id"]).id
             cached = event.data["cached_steps"]
         else:
             yield event
     durations["build"] = time.monotonic() - t0
-    unsealed = client.images.get(image_id)
-    final_id = unsealed.id
-    if seal:
-        t0 = time.monotonic()
-        final_id = yield from seal_events(client, unsealed.id, plan.spec.source_date_epoch, nocache=nocache)
-        durations["seal"] = time.monotonic() - t0
+    t0 = time.monotonic()
+    final_id = yield from compose_events(client, plan, system_id, wheels)
+    durations["compose"] = time.monotonic() - t0
+    unsealed = client.images.get(system_id)
     image = client.images.get(final_id)
     tag_image(client, image.id, target)
     from envkit.image import sealcache
@@ -523,16 +541,74 @@ def build_image(
         base_ref=plan.base_ref,
         cached_steps=cached,
         unsealed_id=unsealed.id,
-        sealed=seal,
+        sealed=True,
     )
     yield Event("done", f"built {target}", data={"result": result})
+
+
+def _suite(plan: BuildPlan) -> str:
+    bootstrap = plan.spec.base.bootstrap
+    return bootstrap.suite if bootstrap is not None else "bookworm"
+
+
+def compose_events(
+    client: docker.DockerClient, plan: BuildPlan, system_id: str, wheels: CachedWheels
+) -> Generator[Event, None, str]:
+    """Stack the Python layers with the sealed system layers and load the image (envkit.image.compose).
+
+    The work runs in a thread so that its progress reaches the caller as events; Ctrl-C leaves
+    every tag where it was (nothing is tagged until the image is loaded and checked)."""
+    from envkit.image.compose import base_layer_count, compose_image
+    from envkit.image.pylayers import plan_groups
+    from envkit.incontainer.wheelinstall import Scheme
+
+    spec = plan.spec
+    events: queue.Queue[Event | None] = queue.Queue()
+    outcome: dict[str, Any] = {}
+    tmp = tempfile.mkdtemp(prefix="envkit-wheels-")
+
+    def progress(name: str, done_bytes: int, total: int) -> None:
+        events.put(Event("bytes", name, step=done_bytes, total=total))
+
+    def work() -> None:
+        try:
+            scheme = Scheme(prefix=VENV, python=f"{VENV}/bin/python", version=spec.python)
+            plans = plan_groups(wheels.link_dir(Path(tmp) / "wheels"), scheme, owner=spec.user.uid,
+                                epoch=spec.source_date_epoch)
+            outcome["result"] = compose_image(
+                client, system_id, plans, wheels.digests, base_layers=base_layer_count(client, plan.base_ref),
+                epoch=spec.source_date_epoch, show=events.put, progress=progress,
+            )
+        except BaseException as exc:  # handed to the caller's thread below
+            outcome["error"] = exc
+        finally:
+            events.put(None)
+
+    worker = threading.Thread(target=work, name="envkit-compose", daemon=True)
+    yield Event("phase", "compose: the sealed system layers and the Python layers written from the wheels")
+    worker.start()
+    try:
+        while (event := events.get()) is not None:
+            yield event
+    except KeyboardInterrupt:
+        raise Interrupted("build interrupted while loading the image; the tag was not moved") from None
+    finally:
+        worker.join(timeout=1.0)
+        shutil.rmtree(tmp, ignore_errors=True)
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    sent = sum(1 for layer in result.layers if layer["sent"])
+    yield Event("phase", f"composed {result.image_id[7:19]}: {sent} of {len(result.layers)} layers sent, "
+                f"{result.sent_bytes / 1e9:.2f} GB")
+    return str(result.image_id)
 
 
 def build_input_digest(client: docker.DockerClient, plan: BuildPlan, *, seal: bool) -> str:
     """A digest of everything the image is made from; the base by its local image ID."""
     context = make_context(plan)
     base_id = client.images.get(plan.base_ref).id
-    text = "\n".join(["envkit-build-inputs/1", context.digest(), base_id, plan.spec.platform, f"seal={seal}"])
+    text = "\n".join(["envkit-build-inputs/2", context.digest(), base_id, plan.spec.platform, f"seal={seal}"])
     return "inputs:sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 

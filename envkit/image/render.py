@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import jinja2
 
@@ -43,17 +42,14 @@ class RenderInput:
     nccl: str | None
     arch_list: tuple[str, ...]
     min_driver: str | None
-    index_url: str | None = None
-    # An offline build's local index also serves the builder's pinned installer.
-    tools_index_url: str | None = None
     lock_digest: str | None = None
-    ca_bundle: bool = False
     extra_labels: dict[str, str] = field(default_factory=dict)
     # From the lock: every package apt would install (dependencies too), pinned to one version.
     system_pins: dict[str, str] = field(default_factory=dict)
     builder_pins: dict[str, str] = field(default_factory=dict)
-    # Names of the builder stage's ARGs that carry a package mirror (their values never get here).
-    mirror_args: tuple[str, ...] = ()
+    # Names in the locked Python set: a venv's own pip or setuptools that the lock pins too is
+    # removed from it, so the locked one is the only one.
+    python_names: tuple[str, ...] = ()
 
     @property
     def python_bin(self) -> str:
@@ -130,8 +126,10 @@ def _pinned(requested: list[str], pins: dict[str, str]) -> list[str]:
 
 def template_context(data: RenderInput) -> dict[str, Any]:
     spec = data.spec
-    system = _pinned(system_packages(data), data.system_pins)
-    builder = _pinned(builder_packages(data), data.builder_pins)
+    # The image also carries what makes its venv: the venv module and pip's wheel (the lock's
+    # "builder" set, from when a separate stage made the environment).
+    names = sorted(set(system_packages(data)) | set(builder_packages(data)))
+    system = _pinned(names, {**data.builder_pins, **data.system_pins})
     require_cuda = "" if data.cuda == "cpu" else f"cuda>={data.cuda}"
     return {
         "envkit_version": __version__,
@@ -144,19 +142,14 @@ def template_context(data: RenderInput) -> dict[str, Any]:
         "cudnn": data.cudnn,
         "python": spec.python,
         "python_bin": data.python_bin,
-        "builder_packages": builder,
         "system_packages": system,
-        "ca_bundle": data.ca_bundle,
-        "index_url": data.index_url,
-        "tools_index_url": data.tools_index_url,
-        "mirror_args": list(data.mirror_args),
-        "tools_index_host": urlsplit(data.tools_index_url).hostname if data.tools_index_url else None,
         "source_date_epoch": spec.source_date_epoch,
         "user": spec.user.name,
         "uid": spec.user.uid,
         "require_cuda": require_cuda,
         "env": sorted(spec.env.items()),
         "labels": list(labels_for(data).items()),
+        "venv_remove": [name for name in ("pip", "setuptools") if name in data.python_names],
     }
 
 

@@ -11,8 +11,6 @@ mtimes and owners.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import tarfile
 import tempfile
 from collections.abc import Callable, Generator, Iterator
@@ -23,13 +21,13 @@ from typing import Any
 import docker
 import docker.errors
 
-from envkit import platforms
 from envkit.atomic import open_atomic
 from envkit.digests import sha256_file, sha256_stream
 from envkit.engine.client import find_image, inspect_image, tag_image
 from envkit.engine.dockerarchive import load_archive, without_tags
 from envkit.errors import IntegrityError, NetworkError, UsageError
 from envkit.events import Event, Show, done, drain, phases
+from envkit.image.wheelcache import download_wheels
 from envkit.jsonio import pretty_text
 from envkit.lock import mirror
 from envkit.record.manifest import Manifest, parse_manifest, read_manifest_bytes
@@ -37,50 +35,14 @@ from envkit.record.offline import DirStore, PackageServer, assert_cut_off, inter
 from envkit.record.signing import BUNDLE_NAMESPACE, MANIFEST_NAMESPACE, Trust, read_signature, sign, verify
 from envkit.untrusted import UntrustedError, decode, load_json
 
+Say = Callable[[str], None]
+
 BUNDLE_SCHEMA = 1
 INDEX_NAME = "envkit-bundle.json"
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "envkit-bundle.json.sig"  # an SSH signature of the index (bundle --sign)
 BASE_NAME = "base/image.tar"
 CHUNK = 1 << 20
-
-# The newest glibc of each Debian suite: the manylinux tags its Python accepts go down from there.
-GLIBC_MINOR = {"bullseye": 31, "bookworm": 36, "trixie": 41}
-
-Say = Callable[[str], None]
-
-
-def wheel_platforms(platform: str, suite: str) -> list[str]:
-    """pip ``--platform`` tags for an image, best first (as uv prefers them in the online build)."""
-    return platforms.manylinux_platforms(platforms.machine(platform), (2, GLIBC_MINOR.get(suite, 28)))
-
-
-def download_wheels(
-    requirements: Path, dest: Path, *, python: str, platform: str, suite: str,
-    index_args: list[str] | None = None,
-) -> None:
-    """pip downloads the exact wheels a hashed requirements file pins, for the image's platform.
-
-    ``index_args`` name a mirror (``--index-url``...); the hashes are checked whatever serves them."""
-    abi = "cp" + python.replace(".", "")
-    command = [
-        sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
-        "--require-hashes", "--python-version", python, "--implementation", "cp",
-        "--abi", abi, "--abi", "abi3", "--abi", "none", "-d", str(dest), "-r", str(requirements),
-    ]
-    for tag in wheel_platforms(platform, suite):
-        command += ["--platform", tag]
-    command += index_args or []
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = "\n".join(result.stderr.strip().splitlines()[-15:])
-        if "No module named pip" in result.stderr:
-            raise UsageError("envkit bundle downloads wheels with pip, which this Python lacks",
-                             hint="install pip beside envkit")
-        if "HASH" in result.stderr.upper() and "MISMATCH" in result.stderr.upper():
-            raise IntegrityError("a downloaded wheel does not match the lock's hash", details=tail)
-        raise NetworkError("pip could not download the locked wheels", details=tail)
-
 
 def apt_commands(plan: Any) -> dict[str, str]:
     """The builder's and the final stage's apt installs, as download-only commands."""

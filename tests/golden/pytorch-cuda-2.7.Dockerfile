@@ -1,63 +1,11 @@
 # Rendered by envkit 0.1.0 from images/pytorch-cuda/2.7.yaml; do not edit, edit the spec.
 # pytorch-cuda:2.7: torch 2.7.1 / CUDA 12.6 / cuDNN 9.5.1.17 / Python 3.11
 #
-# Two stages. The builder is the only place the build's CA bundle and proxy settings exist; the
-# final stage copies the finished Python environment in, so none of them reach the image.
-FROM envkit/debian:bookworm-minbase-33760934346d AS builder
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      ca-certificates=20230311+deb12u1 \
-      libexpat1=2.5.0-1+deb12u2 \
-      libgssapi-krb5-2=1.20.1-2+deb12u5 \
-      libk5crypto3=1.20.1-2+deb12u5 \
-      libkeyutils1=1.6.3-2 \
-      libkrb5-3=1.20.1-2+deb12u5 \
-      libkrb5support0=1.20.1-2+deb12u5 \
-      libncursesw6=6.4-4 \
-      libnsl2=1.3.0-2 \
-      libpython3-stdlib=3.11.2-1+b1 \
-      libpython3.11-minimal=3.11.2-6+deb12u8 \
-      libpython3.11-stdlib=3.11.2-6+deb12u8 \
-      libreadline8=8.2-1.3 \
-      libsqlite3-0=3.40.1-2+deb12u2 \
-      libssl3=3.0.20-1~deb12u2 \
-      libtirpc-common=1.3.3+ds-1 \
-      libtirpc3=1.3.3+ds-1 \
-      media-types=10.0.0 \
-      openssl=3.0.20-1~deb12u2 \
-      python3=3.11.2-1+b1 \
-      python3-distutils=3.11.2-3 \
-      python3-lib2to3=3.11.2-3 \
-      python3-minimal=3.11.2-1+b1 \
-      python3-pip-whl=23.0.1+dfsg-1 \
-      python3-setuptools-whl=66.1.1-1+deb12u2 \
-      python3.11=3.11.2-6+deb12u8 \
-      python3.11-minimal=3.11.2-6+deb12u8 \
-      python3.11-venv=3.11.2-6+deb12u8 \
-      readline-common=8.2-1.3 \
- && rm -rf /var/lib/apt/lists/*
-ENV PIP_NO_CACHE_DIR=1 \
-    NO_COLOR=1 \
-    UV_NO_PROGRESS=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    UV_NO_CACHE=1 \
-    UV_PYTHON_DOWNLOADS=never
-# The installer itself is pinned by hash, like everything it installs.
-COPY build/tools.txt /tmp/envkit/tools.txt
-RUN python3.11 -m venv /opt/envkit-tools \
- && /opt/envkit-tools/bin/pip install --require-hashes --only-binary :all: -r /tmp/envkit/tools.txt
-COPY build/requirements.txt /tmp/envkit/requirements.txt
-# Binary wheels only, every file checked against the lock's sha256. Bytecode is compiled as
-# checked-hash (PEP 552) so it does not embed the time of the build.
-# The environment is made by the interpreter's own venv module, so it carries pip (from the
-# pinned python3-pip-whl): people add packages to it with `pip install`.
-RUN /usr/bin/python3.11 -m venv /opt/venv \
- && /opt/envkit-tools/bin/uv pip install --python /opt/venv/bin/python --require-hashes --only-binary :all: \
-      --no-deps -r /tmp/envkit/requirements.txt \
- && SOURCE_DATE_EPOCH=1761955200 /opt/venv/bin/python -m compileall -q -j 0 \
-      --invalidation-mode checked-hash /opt/venv/lib/python3.11/site-packages > /dev/null
-
+# The system part of the image. envkit writes the Python environment's packages as layers of
+# their own from the locked wheels, each file checked against the lock's hashes, and stacks them
+# with these: NVIDIA's CUDA wheels and torch directly on the base, where every image of the family
+# shares them, and the rest of the locked set last. Equivalent to, in a venv made below:
+#   uv pip install --require-hashes --no-deps -r requirements.txt
 FROM envkit/debian:bookworm-minbase-33760934346d
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Layer 1, system packages and the default user: changes least after the base, so it comes first.
@@ -103,6 +51,7 @@ RUN apt-get update \
       libncursesw6=6.4-4 \
       libnsl-dev=1.3.0-2 \
       libnsl2=1.3.0-2 \
+      libpython3-stdlib=3.11.2-1+b1 \
       libpython3.11=3.11.2-6+deb12u8 \
       libpython3.11-dev=3.11.2-6+deb12u8 \
       libpython3.11-minimal=3.11.2-6+deb12u8 \
@@ -120,8 +69,15 @@ RUN apt-get update \
       linux-libc-dev=6.1.176-1 \
       media-types=10.0.0 \
       openssl=3.0.20-1~deb12u2 \
+      python3=3.11.2-1+b1 \
+      python3-distutils=3.11.2-3 \
+      python3-lib2to3=3.11.2-3 \
+      python3-minimal=3.11.2-1+b1 \
+      python3-pip-whl=23.0.1+dfsg-1 \
+      python3-setuptools-whl=66.1.1-1+deb12u2 \
       python3.11=3.11.2-6+deb12u8 \
       python3.11-minimal=3.11.2-6+deb12u8 \
+      python3.11-venv=3.11.2-6+deb12u8 \
       readline-common=8.2-1.3 \
       rpcsvc-proto=1.4.3-1 \
       zlib1g-dev=1:1.2.13.dfsg-1 \
@@ -135,9 +91,11 @@ RUN apt-get update \
 # Login shells (SSH, Jupyter's terminal, editors over SSH) read /etc/profile, which resets PATH:
 # this gives them the image's environment back and starts them in /workspace.
 COPY files/profile.sh /etc/profile.d/envkit.sh
-# Layer 2, the Python environment: the largest layer, rebuilt only when the lock changes. It
-# belongs to the default user, who can `pip install` into it (as in Jupyter's docker-stacks).
-COPY --from=builder --chown=1000:1000 /opt/venv /opt/venv
+# The environment the Python layers fill, with pip from Debian's wheel. It belongs to the
+# default user, who can add packages to it (as in Jupyter's docker-stacks).
+RUN /usr/bin/python3.11 -m venv /opt/venv \
+ && /opt/venv/bin/python -m pip uninstall --quiet --yes setuptools \
+ && chown -R 1000:1000 /opt/venv
 # Layer 3, envkit's own files (probe and benchmark scripts): small, and they change most often.
 COPY probe/ /opt/envkit/probe/
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

@@ -20,7 +20,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from envkit.record.bundle import download_wheels
+from envkit.image.wheelcache import download_wheels
 from envkit.record.offline import DirStore, PackageServer
 from tests.conftest import TEST_IMAGE, BuiltImage, image_ids, remove_new_images, run_envkit
 

@@ -14,7 +14,8 @@ from envkit.resources import templates_dir
 def test_the_environment_has_pip_and_belongs_to_the_default_user() -> None:
     text = plan_build("pytorch-cuda:2.6", with_requirements=False, environ={}).dockerfile
     assert "RUN /usr/bin/python3.11 -m venv /opt/venv" in text  # ensurepip: pip comes with it
-    assert "COPY --from=builder --chown=1000:1000 /opt/venv /opt/venv" in text
+    assert "chown -R 1000:1000 /opt/venv" in text  # the Python layers are the user's too (pylayers)
+    assert "python3.11-venv=" in text and "python3-pip-whl=" in text
     assert "COPY files/profile.sh /etc/profile.d/envkit.sh" in text
     assert "--shell /bin/bash" in text
 

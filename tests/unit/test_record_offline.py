@@ -16,13 +16,13 @@ import pytest
 
 from envkit.errors import IntegrityError, UsageError
 from envkit.events import Event
+from envkit.image.wheelcache import wheel_platforms
 from envkit.record.bundle import (
     INDEX_NAME,
     MANIFEST_NAME,
     BundleIndex,
     is_bundle,
     open_bundle,
-    wheel_platforms,
     write_bundle,
 )
 from envkit.record.offline import DirStore, PackageServer, TarStore, mirror_key

@@ -1,0 +1,173 @@
+"""The host's wheel cache: every locked wheel by its sha256, fetched once, checked on every use.
+
+Layout: ``<state>/wheels/<sha256>/<file name>``. A wheel gets in only after its bytes matched one
+of the hashes its lock allows, and is checked again each time a build takes it, so a file changed
+in the cache is refused (and fetched again), never built. Builds, `envkit bundle` and offline
+restores all read from here: a second build of the same lock downloads nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from envkit import platforms
+from envkit.errors import IntegrityError, NetworkError, UsageError
+from envkit.events import Event, done
+from envkit.lock.python import parse_locked
+from envkit.state import state_root
+
+CHUNK = 4 << 20
+# The newest glibc of each Debian suite: the manylinux tags its Python accepts go down from there.
+GLIBC_MINOR = {"bullseye": 31, "bookworm": 36, "trixie": 41}
+
+
+def wheel_platforms(platform: str, suite: str) -> list[str]:
+    """pip ``--platform`` tags for an image, best first (as uv prefers them in the online build)."""
+    return platforms.manylinux_platforms(platforms.machine(platform), (2, GLIBC_MINOR.get(suite, 28)))
+
+
+def download_wheels(
+    requirements: Path, dest: Path, *, python: str, platform: str, suite: str,
+    index_args: list[str] | None = None,
+) -> None:
+    """pip downloads the exact wheels a hashed requirements file pins, for the image's platform.
+
+    ``index_args`` name a mirror (``--index-url``...); the hashes are checked whatever serves them."""
+    abi = "cp" + python.replace(".", "")
+    command = [
+        sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
+        "--require-hashes", "--python-version", python, "--implementation", "cp",
+        "--abi", abi, "--abi", "abi3", "--abi", "none", "-d", str(dest), "-r", str(requirements),
+    ]
+    for tag in wheel_platforms(platform, suite):
+        command += ["--platform", tag]
+    command += index_args or []
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join(result.stderr.strip().splitlines()[-15:])
+        if "No module named pip" in result.stderr:
+            raise UsageError("envkit bundle downloads wheels with pip, which this Python lacks",
+                             hint="install pip beside envkit")
+        if "HASH" in result.stderr.upper() and "MISMATCH" in result.stderr.upper():
+            raise IntegrityError("a downloaded wheel does not match the lock's hash", details=tail)
+        raise NetworkError("pip could not download the locked wheels", details=tail)
+
+
+
+
+def cache_root() -> Path:
+    return state_root() / "wheels"
+
+
+def sha256_of(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedWheels:
+    """The locked set, each wheel checked: file name -> path, and file name -> sha256."""
+
+    paths: dict[str, Path]
+    digests: dict[str, str]
+    downloaded: int
+    downloaded_bytes: int
+
+    def link_dir(self, root: Path) -> Path:
+        """A directory of symlinks to exactly these wheels (what the layer planner reads)."""
+        root.mkdir(parents=True, exist_ok=True)
+        for name, path in sorted(self.paths.items()):
+            (root / name).symlink_to(path)
+        return root
+
+
+def _find(root: Path, hashes: list[str]) -> Path | None:
+    for digest in hashes:
+        folder = root / digest
+        if folder.is_dir():
+            files = [p for p in folder.iterdir() if p.name.endswith(".whl") and p.is_file()]
+            if len(files) == 1:
+                return files[0]
+    return None
+
+
+def ensure_wheels(
+    requirements: str,
+    *,
+    python: str,
+    platform: str,
+    suite: str,
+    index_args: list[str] | None = None,
+    root: Path | None = None,
+) -> Iterator[Event]:
+    """Make sure every wheel of `requirements` is in the cache, downloading what is missing.
+
+    Yields progress events; the last is ``done`` with ``data["wheels"]`` a CachedWheels.
+    """
+    root = root or cache_root()
+    locked = parse_locked(requirements)
+    found: dict[str, Path] = {}
+    missing: list[str] = []
+    for name, (_version, hashes) in sorted(locked.items()):
+        path = _find(root, hashes)
+        if path is not None and sha256_of(path) in hashes:
+            found[name] = path
+        else:
+            if path is not None:
+                shutil.rmtree(path.parent, ignore_errors=True)  # changed in the cache: fetch it again
+            missing.append(name)
+    yield Event("phase", f"wheels: {len(found)} of {len(locked)} in the host cache"
+                + (f", downloading {len(missing)}" if missing else ""))
+    downloaded_bytes = 0
+    if missing:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="envkit-wheels-", dir=root) as tmp:
+            request = Path(tmp) / "requirements.txt"
+            request.write_text(_subset(requirements, set(missing)))
+            download_wheels(request, Path(tmp) / "in", python=python, platform=platform, suite=suite,
+                            index_args=index_args)
+            for path in sorted((Path(tmp) / "in").glob("*.whl")):
+                digest = sha256_of(path)
+                owner = next((n for n in missing if digest in locked[n][1]), None)
+                if owner is None:
+                    raise IntegrityError(f"hash mismatch for {path.name}: {digest} is not in the lock")
+                folder = root / digest
+                folder.mkdir(exist_ok=True)
+                target = folder / path.name
+                os.replace(path, target)
+                downloaded_bytes += target.stat().st_size
+                found[owner] = target
+        still = [n for n in missing if n not in found]
+        if still:
+            raise IntegrityError(f"the download lacks {', '.join(still[:8])}")
+        yield Event("download", f"wheels: downloaded {len(missing)} ({downloaded_bytes / 1e9:.2f} GB)")
+    paths = {p.name: p for p in found.values()}
+    digests = {p.name: p.parent.name for p in found.values()}
+    wheels = CachedWheels(paths, digests, len(missing), downloaded_bytes)
+    yield done("wheels ready", wheels)
+
+
+def _subset(requirements: str, names: set[str]) -> str:
+    """The hashed requirement blocks of `names` only."""
+    from envkit.lock.python import normalise_name
+
+    out: list[str] = []
+    keep = False
+    for raw in requirements.splitlines():
+        line = raw.strip()
+        if line and not line.startswith(("#", "--")):
+            keep = normalise_name(line.split("==", 1)[0].split()[0]) in names
+        if keep and line and not line.startswith("#"):
+            out.append(raw)
+    return "\n".join(out) + "\n"
