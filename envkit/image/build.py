@@ -34,7 +34,7 @@ from envkit.errors import (
     Interrupted,
     NetworkError,
 )
-from envkit.events import Event, relay
+from envkit.events import Event
 from envkit.image.base import BasePlan, ensure_base
 from envkit.image.context import BuildContext, detect_ca_bundle, proxy_build_args
 from envkit.image.render import RenderInput, render_dockerfile
@@ -504,22 +504,29 @@ def build_image(
             return
     if plan.requirements is None:
         raise ValueError("a build needs the locked requirements")
-    t0 = time.monotonic()
-    wheels = yield from relay(ensure_wheels(
+    # The host fetches the wheels while the engine builds the system part.
+    fetch = _Background(ensure_wheels(
         plan.requirements, python=plan.spec.python, platform=plan.spec.platform, suite=_suite(plan),
         index_args=plan.index_args,
     ))
-    durations["wheels"] = time.monotonic() - t0
-    yield Event("phase", f"build the system part of {target}")
+    yield Event("phase", f"build the system part of {target}; the wheels are fetched meanwhile")
     t0 = time.monotonic()
     system_id = ""
     cached = 0
-    for event in _stream_build(client, plan, nocache=nocache, network_mode=network_mode, buildargs=buildargs):
-        if event.kind == "done":
-            system_id = client.images.get(event.data["image_id"]).id
-            cached = event.data["cached_steps"]
-        else:
-            yield event
+    try:
+        for event in _stream_build(client, plan, nocache=nocache, network_mode=network_mode,
+                                   buildargs=buildargs):
+            if event.kind == "done":
+                system_id = client.images.get(event.data["image_id"]).id
+                cached = event.data["cached_steps"]
+            else:
+                yield event
+            yield from fetch.pending()
+        durations["build"] = time.monotonic() - t0
+        wheels = yield from fetch.finish()
+    finally:
+        fetch.close()
+    durations["wheels_wait"] = time.monotonic() - t0 - durations["build"]
     durations["build"] = time.monotonic() - t0
     t0 = time.monotonic()
     final_id = yield from compose_events(client, plan, system_id, wheels)
@@ -544,6 +551,53 @@ def build_image(
         sealed=True,
     )
     yield Event("done", f"built {target}", data={"result": result})
+
+
+class _Background:
+    """A job of events run in a thread: its events are picked up between the caller's own."""
+
+    def __init__(self, job: Iterator[Event]) -> None:
+        self._events: queue.Queue[Event | None] = queue.Queue()
+        self._outcome: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(job,), name="envkit-wheels", daemon=True)
+        self._thread.start()
+
+    def _run(self, job: Iterator[Event]) -> None:
+        try:
+            for event in job:
+                if self._stop.is_set():
+                    return
+                if event.kind == "done":
+                    self._outcome["result"] = event.data.get("result")
+                else:
+                    self._events.put(event)
+        except BaseException as exc:  # handed to the caller's thread in finish()
+            self._outcome["error"] = exc
+        finally:
+            self._events.put(None)
+
+    def pending(self) -> Iterator[Event]:
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if event is None:
+                self._events.put(None)  # finish() still needs to see the end
+                return
+            yield event
+
+    def finish(self) -> Generator[Event, None, Any]:
+        while (event := self._events.get()) is not None:
+            yield event
+        self._thread.join()
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["result"]
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 def _suite(plan: BuildPlan) -> str:

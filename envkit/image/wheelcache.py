@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,8 +57,9 @@ def download_wheels(
         if "No module named pip" in result.stderr:
             raise UsageError("envkit bundle downloads wheels with pip, which this Python lacks",
                              hint="install pip beside envkit")
-        if "HASH" in result.stderr.upper() and "MISMATCH" in result.stderr.upper():
-            raise IntegrityError("a downloaded wheel does not match the lock's hash", details=tail)
+        if "DO NOT MATCH THE HASHES" in result.stderr.upper():
+            raise IntegrityError(_hash_message(result.stderr), details=tail,
+                                 hint="the index served other bytes than the lock pinned; check the index")
         raise NetworkError("pip could not download the locked wheels", details=tail)
 
 
@@ -156,6 +158,18 @@ def ensure_wheels(
     digests = {p.name: p.parent.name for p in found.values()}
     wheels = CachedWheels(paths, digests, len(missing), downloaded_bytes)
     yield done("wheels ready", wheels)
+
+
+_PIP_MISMATCH = re.compile(r"^\s+(\S+==\S+) from .*:\s*$\n\s+Expected sha256 (\w+)\n\s+Got\s+(\w+)",
+                           re.MULTILINE)
+
+
+def _hash_message(stderr: str) -> str:
+    found = _PIP_MISMATCH.findall(stderr)
+    if not found:
+        return "hash mismatch for a downloaded wheel: it does not match the lock's hash"
+    return "; ".join(f"hash mismatch for {req}: expected sha256:{want}, computed sha256:{got}"
+                     for req, want, got in found)
 
 
 def _subset(requirements: str, names: set[str]) -> str:

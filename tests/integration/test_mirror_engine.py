@@ -2,7 +2,7 @@
 this host from wheels downloaded here, standing in for a regional PyPI mirror.
 
 The index is envkit's own package server (the one offline restores use) on the engine's bridge
-gateway, so the builder container reaches it. The image built through it must be the very image
+gateway; the host fetches the wheels from it into a wheel cache of the test's own. The image built through it must be the very image
 built from PyPI (the lock's hashes decide, not where the bytes came from), every wheel must have
 come from the mirror, and a mirror that serves other bytes must fail the build (exit 5).
 """
@@ -70,16 +70,17 @@ def test_a_build_through_a_mirror_gives_the_image_built_from_pypi(
     try:
         with PackageServer(DirStore(wheels.root), wheels.sha256, _gateway(docker_client)) as server:
             url = f"{server.url}/simple/"
-            # --no-cache: the suite's earlier build of the same lock would otherwise be reused from
-            # the engine's cache and no wheel would be asked of the mirror.
+            # --no-cache and an empty wheel cache: the suite's earlier build of the same lock would
+            # otherwise be reused and no wheel would be asked of the mirror.
             result = run_envkit("build", TEST_IMAGE, "--tag", tag, "--index-url", url, "--json", "--no-cache",
-                                "--ca-bundle", str(torch_image.ca_bundle), env=_direct(server.host),
-                                timeout=3600)
+                                "--ca-bundle", str(torch_image.ca_bundle), timeout=3600,
+                                env={**_direct(server.host), "ENVKIT_STATE_DIR": str(tmp_path / "state")})
             served = set(server.log.served)
         assert result.returncode == 0, result.stderr[-4000:]
         built = json.loads(result.stdout)
         assert built["image_id"] == torch_image.image_id
-        assert {f"wheels/{name}" for name in wheels.sha256} <= served  # every locked wheel came from it
+        locked = {f"wheels/{name}" for name in wheels.sha256 if not name.startswith("uv-")}
+        assert locked <= served  # every locked wheel came from it, into the empty wheel cache
         attrs = docker_client.api.inspect_image(tag)
         text = json.dumps(attrs) + json.dumps(docker_client.api.history(tag))
         assert server.url.split("//")[1] not in text  # the mirror is in no label, env or history
@@ -105,11 +106,11 @@ def test_a_mirror_serving_other_bytes_fails_the_build_and_moves_no_tag(
     tag = f"envkit-test/mirror-bad:{uuid.uuid4().hex[:8]}"
     try:
         with PackageServer(DirStore(tampered), wheels.sha256, _gateway(docker_client)) as server:
-            # --no-cache: the mirror is no input of the image, so without it the build would rightly
-            # reuse the identical image already built instead of fetching anything.
+            # --no-cache and an empty wheel cache: the mirror is no input of the image, so otherwise
+            # the build would rightly reuse what it already has instead of fetching anything.
             result = run_envkit("build", TEST_IMAGE, "--tag", tag, "--index-url", f"{server.url}/simple/",
-                                "--ca-bundle", str(torch_image.ca_bundle), "--no-cache",
-                                env=_direct(server.host), timeout=3600)
+                                "--ca-bundle", str(torch_image.ca_bundle), "--no-cache", timeout=3600,
+                                env={**_direct(server.host), "ENVKIT_STATE_DIR": str(tmp_path / "state")})
         assert result.returncode == 5, result.stderr[-3000:]  # an integrity failure, not a build bug
         text = " ".join(result.stderr.split()).lower()
         assert "hash mismatch for" in text, result.stderr[-3000:]

@@ -1,0 +1,155 @@
+"""Python layers written from wheels: same wheels, same bytes; every file where an installer puts it."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from envkit.errors import IntegrityError, UsageError
+from envkit.image.compose import Part, _history, _mark_sent
+from envkit.image.pylayers import (
+    CUDA,
+    REST,
+    TORCH,
+    group_of,
+    layer_digest,
+    plan_groups,
+    plan_layer,
+    stream_layer,
+)
+from envkit.incontainer.wheelinstall import Scheme
+
+SCHEME = Scheme(prefix="/opt/venv", python="/opt/venv/bin/python", version="3.11")
+EPOCH = 1761955200
+SITE = "opt/venv/lib/python3.11/site-packages"
+
+
+def _hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def make_wheel(folder: Path, name: str, version: str, files: dict[str, bytes], *,
+               entry_points: str = "", record_override: dict[str, bytes] | None = None) -> Path:
+    stem = name.replace("-", "_")  # PEP 427 file and directory names
+    dist = f"{stem}-{version}.dist-info"
+    members = dict(files)
+    members[f"{dist}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
+    members[f"{dist}/WHEEL"] = b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    if entry_points:
+        members[f"{dist}/entry_points.txt"] = entry_points.encode()
+    hashed = {**members, **(record_override or {})}
+    record = "".join(f"{n},{_hash(d)},{len(d)}\n" for n, d in sorted(hashed.items())) + f"{dist}/RECORD,,\n"
+    members[f"{dist}/RECORD"] = record.encode()
+    path = folder / f"{stem}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in members.items():
+            archive.writestr(member, data)
+    return path
+
+
+def _read(chunks: bytes) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(chunks)) as tar:
+        for info in tar:
+            data = tar.extractfile(info).read() if info.isfile() else b""  # type: ignore[union-attr]
+            out[info.name.rstrip("/")] = (info, data)
+    return out
+
+
+@pytest.fixture
+def wheels(tmp_path: Path) -> Path:
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    make_wheel(folder, "demo", "1.0", {
+        "demo/__init__.py": b"VALUE = 1\n",
+        "demo/cli.py": b"def main():\n    return 0\n",
+        "demo-1.0.data/scripts/demo-tool": b"#!python\nprint('tool')\n",
+        "demo-1.0.data/data/share/demo/readme.txt": b"shared data\n",
+    }, entry_points="[console_scripts]\ndemo = demo.cli:main\n")
+    make_wheel(folder, "nvidia-cublas-cu12", "12.8", {"nvidia/__init__.py": b"", "nvidia/cublas/lib.so": b"\x7fELF"})
+    make_wheel(folder, "nvidia-cudnn-cu12", "9.10", {"nvidia/__init__.py": b"", "nvidia/cudnn/lib.so": b"\x7fELF2"})
+    make_wheel(folder, "torch", "2.8.0", {"torch/__init__.py": b"__version__ = '2.8.0'\n"})
+    return folder
+
+
+def test_groups_put_cuda_and_torch_in_layers_of_their_own() -> None:
+    assert group_of("nvidia_cudnn_cu12") == CUDA
+    assert group_of("torch") == TORCH and group_of("triton") == TORCH and group_of("torchvision") == TORCH
+    assert group_of("numpy") == REST and group_of("torchaudio-extra") == REST
+
+
+def test_a_layer_has_every_file_where_an_installer_puts_it(wheels: Path) -> None:
+    plan = plan_layer(REST, [wheels / "demo-1.0-py3-none-any.whl"], SCHEME, owner=1000, epoch=EPOCH)
+    data = b"".join(stream_layer(plan))
+    assert len(data) == plan.size  # the size planned from metadata is the size streamed
+    files = _read(data)
+    assert files[f"{SITE}/demo/__init__.py"][1] == b"VALUE = 1\n"
+    assert files["opt/venv/bin/demo-tool"][1].startswith(b"#!/opt/venv/bin/python\n")  # shebang rewritten
+    assert files["opt/venv/bin/demo-tool"][0].mode == 0o755
+    launcher = files["opt/venv/bin/demo"][1].decode()
+    assert launcher.startswith("#!/opt/venv/bin/python") and "from demo.cli import main" in launcher
+    assert files["opt/venv/share/demo/readme.txt"][1] == b"shared data\n"
+    assert files[f"{SITE}/demo-1.0.dist-info/INSTALLER"][1] == b"envkit\n"
+    record = files[f"{SITE}/demo-1.0.dist-info/RECORD"][1].decode()
+    assert f"../../../bin/demo,{_hash(files['opt/venv/bin/demo'][1])}," in record
+    assert f"demo/__init__.py,{_hash(b'VALUE = 1' + bytes([10]))},10" in record
+    for name, (info, _) in files.items():
+        assert info.mtime == EPOCH and info.uname == "" and info.gname == ""
+        inside = name == "opt/venv" or name.startswith("opt/venv/")
+        assert (info.uid, info.gid) == ((1000, 1000) if inside else (0, 0)), name
+    names = [info.name.rstrip("/") for info, _ in files.values()]
+    assert names == sorted(names, key=lambda n: n.split("/")) and names[0] == "opt"
+
+
+def test_same_wheels_give_the_same_layer_whatever_their_order(wheels: Path) -> None:
+    paths = sorted(wheels.glob("*.whl"))
+    one = plan_layer(REST, paths, SCHEME, owner=1000, epoch=EPOCH)
+    two = plan_layer(REST, list(reversed(paths)), SCHEME, owner=1000, epoch=EPOCH)
+    assert layer_digest(one) == layer_digest(two)
+    other_owner = plan_layer(REST, paths, SCHEME, owner=1001, epoch=EPOCH)
+    assert layer_digest(other_owner) != layer_digest(one)
+
+
+def test_identical_namespace_files_are_shared_and_different_ones_refused(wheels: Path, tmp_path: Path) -> None:
+    plans = plan_groups(wheels, SCHEME, owner=1000, epoch=EPOCH)
+    assert [p.group for p in plans] == [CUDA, TORCH, REST]
+    cuda = _read(b"".join(stream_layer(plans[0])))
+    assert f"{SITE}/nvidia/__init__.py" in cuda and f"{SITE}/nvidia/cudnn/lib.so" in cuda
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    make_wheel(clash, "a", "1", {"shared/x.py": b"a\n"})
+    make_wheel(clash, "b", "1", {"shared/x.py": b"b\n"})
+    with pytest.raises(UsageError, match="shared/x.py"):
+        plan_layer(REST, sorted(clash.glob("*.whl")), SCHEME, owner=1000, epoch=EPOCH)
+
+
+def test_a_file_that_does_not_match_its_record_stops_the_stream(tmp_path: Path) -> None:
+    path = make_wheel(tmp_path, "bad", "1", {"bad/__init__.py": b"evil\n"},
+                      record_override={"bad/__init__.py": b"good\n"})
+    plan = plan_layer(REST, [path], SCHEME, owner=1000, epoch=EPOCH)
+    with pytest.raises(IntegrityError, match="RECORD"):
+        b"".join(stream_layer(plan))
+
+
+def test_a_wheel_path_leaving_the_environment_is_refused(tmp_path: Path) -> None:
+    path = make_wheel(tmp_path, "escape", "1", {"../../etc/passwd": b"x\n"})
+    with pytest.raises(Exception, match="unsafe path"):
+        plan_layer(REST, [path], SCHEME, owner=1000, epoch=EPOCH)
+
+
+def test_compose_sends_only_layers_the_engine_lacks_and_names_each_in_history() -> None:
+    from envkit.engine.dockerarchive import chain_ids
+
+    parts = [Part("system-1", diff_id="sha256:" + "1" * 64), Part("python-cuda", diff_id="sha256:" + "2" * 64),
+             Part("system-2", diff_id="sha256:" + "3" * 64), Part("python-python", diff_id=None)]
+    present = set(chain_ids(["sha256:" + "1" * 64, "sha256:" + "2" * 64]))
+    _mark_sent(parts, present)
+    assert [p.sent for p in parts] == [False, False, True, True]
+    history = [{"created_by": "base"}, {"created_by": "RUN apt"}, {"created_by": "ENV", "empty_layer": True}]
+    assert [h["created_by"] for h in _history(history, 1, [], [], EPOCH)] == ["base", "RUN apt", "ENV"]

@@ -1,0 +1,65 @@
+"""The host wheel cache: fetched once by pip (from a local index here), checked on every use."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from envkit.errors import IntegrityError
+from envkit.events import follow
+from envkit.image.wheelcache import ensure_wheels
+from tests.unit.test_image_pylayers import make_wheel
+
+
+def _requirements(paths: list[Path]) -> str:
+    lines = []
+    for path in paths:
+        name, version = path.name.split("-")[:2]
+        lines.append(f"{name}=={version} \\\n    --hash=sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}\n")
+    return "".join(lines)
+
+
+def _ensure(text: str, index: Path, cache: Path):  # type: ignore[no-untyped-def]
+    events: list[str] = []
+    wheels = follow(
+        ensure_wheels(text, python="3.11", platform="linux/amd64", suite="bookworm",
+                      index_args=["--no-index", "--find-links", str(index)], root=cache),
+        lambda e: events.append(e.message),
+    )
+    return wheels, events
+
+
+def test_a_second_build_downloads_nothing_and_a_changed_file_is_fetched_again(tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    index.mkdir()
+    paths = [make_wheel(index, "alpha", "1.0", {"alpha/__init__.py": b"A\n"}),
+             make_wheel(index, "beta", "2.0", {"beta/__init__.py": b"B\n"})]
+    text = _requirements(paths)
+    cache = tmp_path / "cache"
+    first, events = _ensure(text, index, cache)
+    assert first.downloaded == 2 and "0 of 2 in the host cache, downloading 2" in events[0]
+    for path in paths:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert first.digests[path.name] == digest
+        assert first.paths[path.name] == cache / digest / path.name
+    second, events = _ensure(text, index, cache)
+    assert second.downloaded == 0 and "2 of 2 in the host cache" in events[0]
+    # A cached file someone changed is never used: it is fetched again.
+    cached = first.paths[paths[0].name]
+    cached.write_bytes(cached.read_bytes() + b"\0")
+    third, _ = _ensure(text, index, cache)
+    assert third.downloaded == 1
+    assert hashlib.sha256(third.paths[paths[0].name].read_bytes()).hexdigest() == first.digests[paths[0].name]
+
+
+def test_an_index_serving_other_bytes_is_a_hash_mismatch(tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    index.mkdir()
+    path = make_wheel(index, "alpha", "1.0", {"alpha/__init__.py": b"A\n"})
+    text = _requirements([path])
+    make_wheel(index, "alpha", "1.0", {"alpha/__init__.py": b"tampered\n"})  # same file name, other bytes
+    with pytest.raises(IntegrityError, match="hash mismatch for alpha==1.0"):
+        _ensure(text, index, tmp_path / "cache")
+    assert not any((tmp_path / "cache").rglob("*.whl"))
