@@ -6,8 +6,9 @@ nix2container do for their ecosystems, instead of having the engine run an insta
 rewriting what it wrote. The bytes depend only on the wheels, the prefix, the owner and the epoch:
 the same locked set gives the same layer digest on every machine and every engine.
 
-The set is split into groups that change at different rates (`GROUPS`): NVIDIA's CUDA wheels,
-torch with triton and torchvision, then the rest. Each group is one layer.
+The set is split into groups that change at different rates (`GROUPS`): the NVIDIA CUDA wheels
+torch's metadata requires, torch with triton and torchvision, then the rest. Each group is one
+layer.
 
 A layer is planned first from the wheels' metadata (names, sizes, the small files that are
 rewritten), so its exact size is known before any large file is decompressed; it is then
@@ -24,6 +25,7 @@ import base64
 import configparser
 import hashlib
 import posixpath
+import re
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,14 +55,37 @@ GROUPS = (CUDA, TORCH, REST)
 TORCH_NAMES = frozenset({"torch", "triton", "torchvision", "pytorch-triton"})
 
 
-def group_of(dist_name: str) -> str:
-    """Which layer a distribution goes to, by its normalized name."""
+def group_of(dist_name: str, cuda_names: frozenset[str] = frozenset()) -> str:
+    """Which layer a distribution goes to: torch's own CUDA dependencies (`cuda_names`, from its
+    metadata), torch and its companions, or the rest. Another NVIDIA wheel an image adds (the CUDA
+    compiler, NVML bindings) goes with the rest, so that the CUDA layer is the same in every image
+    of one torch build."""
     name = normalize(dist_name)
-    if name.startswith("nvidia-"):
+    if name in cuda_names:
         return CUDA
     if name in TORCH_NAMES:
         return TORCH
     return REST
+
+
+def torch_cuda_names(wheels: Sequence[Path]) -> frozenset[str]:
+    """The nvidia-* distributions torch's wheel requires (none for a CPU build or without torch)."""
+    for path in wheels:
+        if normalize(wheel_dist_name(path)) != "torch":
+            continue
+        with zipfile.ZipFile(path) as archive:
+            dist_info = _dist_info_dir([i.filename for i in archive.infolist()])
+            text = archive.read(f"{dist_info}/METADATA").decode("utf-8", "replace")
+        names = set()
+        for line in text.splitlines():
+            if not line.strip():
+                break  # the headers end at the first blank line
+            if line.startswith("Requires-Dist:"):
+                match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line.split(":", 1)[1])
+                if match and normalize(match.group(1)).startswith("nvidia-"):
+                    names.add(normalize(match.group(1)))
+        return frozenset(names)
+    return frozenset()
 
 
 def wheel_dist_name(path: Path) -> str:
@@ -258,7 +283,9 @@ def layer_digest(plan: LayerPlan) -> tuple[str, int]:
 def plan_groups(wheel_dir: Path, scheme: Scheme, *, owner: int, epoch: int) -> list[LayerPlan]:
     """One plan per group that has wheels, in `GROUPS` order."""
     by_group: dict[str, list[Path]] = {g: [] for g in GROUPS}
-    for path in sorted(wheel_dir.glob("*.whl")):
-        by_group[group_of(wheel_dist_name(path))].append(path)
+    paths = sorted(wheel_dir.glob("*.whl"))
+    cuda_names = torch_cuda_names(paths)
+    for path in paths:
+        by_group[group_of(wheel_dist_name(path), cuda_names)].append(path)
     return [plan_layer(g, by_group[g], scheme, owner=owner, epoch=epoch) for g in GROUPS if by_group[g]]
 

@@ -35,11 +35,12 @@ def _hash(data: bytes) -> str:
 
 
 def make_wheel(folder: Path, name: str, version: str, files: dict[str, bytes], *,
-               entry_points: str = "", record_override: dict[str, bytes] | None = None) -> Path:
+               entry_points: str = "", record_override: dict[str, bytes] | None = None,
+               metadata: str = "") -> Path:
     stem = name.replace("-", "_")  # PEP 427 file and directory names
     dist = f"{stem}-{version}.dist-info"
     members = dict(files)
-    members[f"{dist}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
+    members[f"{dist}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{metadata}".encode()
     members[f"{dist}/WHEEL"] = b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     if entry_points:
         members[f"{dist}/entry_points.txt"] = entry_points.encode()
@@ -74,14 +75,20 @@ def wheels(tmp_path: Path) -> Path:
     }, entry_points="[console_scripts]\ndemo = demo.cli:main\n")
     make_wheel(folder, "nvidia-cublas-cu12", "12.8", {"nvidia/__init__.py": b"", "nvidia/cublas/lib.so": b"\x7fELF"})
     make_wheel(folder, "nvidia-cudnn-cu12", "9.10", {"nvidia/__init__.py": b"", "nvidia/cudnn/lib.so": b"\x7fELF2"})
-    make_wheel(folder, "torch", "2.8.0", {"torch/__init__.py": b"__version__ = '2.8.0'\n"})
+    make_wheel(folder, "nvidia-ml-py", "13.0", {"pynvml.py": b"# NVML\n"})
+    make_wheel(folder, "torch", "2.8.0", {"torch/__init__.py": b"__version__ = '2.8.0'\n"},
+               metadata="Requires-Dist: nvidia-cublas-cu12==12.8; platform_system == \"Linux\"\n"
+                        "Requires-Dist: nvidia-cudnn-cu12==9.10\nRequires-Dist: filelock\n")
     return folder
 
 
 def test_groups_put_cuda_and_torch_in_layers_of_their_own() -> None:
-    assert group_of("nvidia_cudnn_cu12") == CUDA
+    cuda = frozenset({"nvidia-cudnn-cu12"})
+    assert group_of("nvidia_cudnn_cu12", cuda) == CUDA
     assert group_of("torch") == TORCH and group_of("triton") == TORCH and group_of("torchvision") == TORCH
-    assert group_of("numpy") == REST and group_of("torchaudio-extra") == REST
+    assert group_of("numpy", cuda) == REST and group_of("torchaudio-extra", cuda) == REST
+    # An NVIDIA wheel torch does not require goes with the rest: the CUDA layer stays shared.
+    assert group_of("nvidia-ml-py", cuda) == REST and group_of("nvidia-cuda-nvcc-cu12", cuda) == REST
 
 
 def test_a_layer_has_every_file_where_an_installer_puts_it(wheels: Path) -> None:
@@ -121,6 +128,7 @@ def test_identical_namespace_files_are_shared_and_different_ones_refused(wheels:
     assert [p.group for p in plans] == [CUDA, TORCH, REST]
     cuda = _read(b"".join(stream_layer(plans[0])))
     assert f"{SITE}/nvidia/__init__.py" in cuda and f"{SITE}/nvidia/cudnn/lib.so" in cuda
+    assert f"{SITE}/pynvml.py" not in cuda  # torch does not require nvidia-ml-py
     clash = tmp_path / "clash"
     clash.mkdir()
     make_wheel(clash, "a", "1", {"shared/x.py": b"a\n"})
