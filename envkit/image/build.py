@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from envkit.errors import (
     Interrupted,
     NetworkError,
 )
-from envkit.events import Event
+from envkit.events import Event, follow
 from envkit.image.base import BasePlan, ensure_base
 from envkit.image.context import BuildContext, detect_ca_bundle, proxy_build_args
 from envkit.image.render import RenderInput, render_dockerfile
@@ -504,16 +504,15 @@ def build_image(
             return
     if plan.requirements is None:
         raise ValueError("a build needs the locked requirements")
-    # The host fetches the wheels while the engine builds the system part.
-    fetch = _Background(ensure_wheels(
-        plan.requirements, python=plan.spec.python, platform=plan.spec.platform, suite=_suite(plan),
-        index_args=plan.index_args,
-    ))
-    yield Event("phase", f"build the system part of {target}; the wheels are fetched meanwhile")
-    t0 = time.monotonic()
-    system_id = ""
-    cached = 0
+    # The host fetches the wheels and loads the CUDA and torch layers while the engine builds the
+    # system part; then the two are composed into the image (envkit.image.compose).
+    workdir = Path(tempfile.mkdtemp(prefix="envkit-build-"))
     try:
+        python = _Background(_python_side(client, plan, workdir, fresh=nocache), "envkit-python-layers")
+        yield Event("phase", f"build the system part of {target}; the Python layers are written meanwhile")
+        t0 = time.monotonic()
+        system_id = ""
+        cached = 0
         for event in _stream_build(client, plan, nocache=nocache, network_mode=network_mode,
                                    buildargs=buildargs):
             if event.kind == "done":
@@ -521,16 +520,24 @@ def build_image(
                 cached = event.data["cached_steps"]
             else:
                 yield event
-            yield from fetch.pending()
+            yield from python.pending()
         durations["build"] = time.monotonic() - t0
-        wheels = yield from fetch.finish()
+        wheels, plans, preloaded = yield from python.finish()
+        durations["python_wait"] = time.monotonic() - t0 - durations["build"]
+        t0 = time.monotonic()
+        yield Event("phase", "compose: the sealed system layers with the Python layers")
+        result = yield from _Background(_compose_side(client, plan, system_id, wheels, plans, fresh=nocache),
+                                        "envkit-compose").finish()
+        durations["compose"] = time.monotonic() - t0
     finally:
-        fetch.close()
-    durations["wheels_wait"] = time.monotonic() - t0 - durations["build"]
-    durations["build"] = time.monotonic() - t0
-    t0 = time.monotonic()
-    final_id = yield from compose_events(client, plan, system_id, wheels)
-    durations["compose"] = time.monotonic() - t0
+        shutil.rmtree(workdir, ignore_errors=True)
+    from envkit.image.compose import forget
+
+    forget(client, preloaded, keep=result.image_id)
+    sent = sum(1 for layer in result.layers if layer["sent"])
+    yield Event("phase", f"composed {result.image_id[7:19]}: {sent} of {len(result.layers)} layers sent "
+                f"({result.sent_bytes / 1e9:.2f} GB)")
+    final_id = result.image_id
     unsealed = client.images.get(system_id)
     image = client.images.get(final_id)
     tag_image(client, image.id, target)
@@ -554,24 +561,17 @@ def build_image(
 
 
 class _Background:
-    """A job of events run in a thread: its events are picked up between the caller's own."""
+    """``work(put)`` run in a thread; the events it puts are picked up between the caller's own."""
 
-    def __init__(self, job: Iterator[Event]) -> None:
+    def __init__(self, work: Callable[[Callable[[Event], None]], Any], name: str) -> None:
         self._events: queue.Queue[Event | None] = queue.Queue()
         self._outcome: dict[str, Any] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(job,), name="envkit-wheels", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(work,), name=name, daemon=True)
         self._thread.start()
 
-    def _run(self, job: Iterator[Event]) -> None:
+    def _run(self, work: Callable[[Callable[[Event], None]], Any]) -> None:
         try:
-            for event in job:
-                if self._stop.is_set():
-                    return
-                if event.kind == "done":
-                    self._outcome["result"] = event.data.get("result")
-                else:
-                    self._events.put(event)
+            self._outcome["result"] = work(self._events.put)
         except BaseException as exc:  # handed to the caller's thread in finish()
             self._outcome["error"] = exc
         finally:
@@ -589,15 +589,15 @@ class _Background:
             yield event
 
     def finish(self) -> Generator[Event, None, Any]:
-        while (event := self._events.get()) is not None:
-            yield event
+        try:
+            while (event := self._events.get()) is not None:
+                yield event
+        except KeyboardInterrupt:
+            raise Interrupted("build interrupted; the tag was not moved") from None
         self._thread.join()
         if "error" in self._outcome:
             raise self._outcome["error"]
         return self._outcome["result"]
-
-    def close(self) -> None:
-        self._stop.set()
 
 
 def _suite(plan: BuildPlan) -> str:
@@ -605,57 +605,45 @@ def _suite(plan: BuildPlan) -> str:
     return bootstrap.suite if bootstrap is not None else "bookworm"
 
 
-def compose_events(
-    client: docker.DockerClient, plan: BuildPlan, system_id: str, wheels: CachedWheels
-) -> Generator[Event, None, str]:
-    """Stack the Python layers with the sealed system layers and load the image (envkit.image.compose).
-
-    The work runs in a thread so that its progress reaches the caller as events; Ctrl-C leaves
-    every tag where it was (nothing is tagged until the image is loaded and checked)."""
-    from envkit.image.compose import base_layer_count, compose_image
+def _python_side(
+    client: docker.DockerClient, plan: BuildPlan, workdir: Path, *, fresh: bool
+) -> Callable[..., Any]:
+    """The host's half of a build: fetch the wheels into the cache, plan the Python layers, and
+    load the CUDA and torch layers on the base (envkit.image.compose.preload), all while the
+    engine builds the system part."""
+    from envkit.image.compose import preload
     from envkit.image.pylayers import plan_groups
     from envkit.incontainer.wheelinstall import Scheme
 
     spec = plan.spec
-    events: queue.Queue[Event | None] = queue.Queue()
-    outcome: dict[str, Any] = {}
-    tmp = tempfile.mkdtemp(prefix="envkit-wheels-")
 
-    def progress(name: str, done_bytes: int, total: int) -> None:
-        events.put(Event("bytes", name, step=done_bytes, total=total))
+    def work(put: Callable[[Event], None]) -> tuple[CachedWheels, list[Any], list[str]]:
+        assert plan.requirements is not None
+        wheels = follow(ensure_wheels(plan.requirements, python=spec.python, platform=spec.platform,
+                                      suite=_suite(plan), index_args=plan.index_args), put)
+        scheme = Scheme(prefix=VENV, python=f"{VENV}/bin/python", version=spec.python)
+        plans = plan_groups(wheels.link_dir(workdir / "wheels"), scheme, owner=spec.user.uid,
+                            epoch=spec.source_date_epoch)
+        preloaded = preload(client, plan.base_ref, plans, wheels.digests, epoch=spec.source_date_epoch,
+                            show=put, progress=lambda n, d, t: put(Event("bytes", n, step=d, total=t)),
+                            fresh=fresh)
+        return wheels, plans, preloaded
 
-    def work() -> None:
-        try:
-            scheme = Scheme(prefix=VENV, python=f"{VENV}/bin/python", version=spec.python)
-            plans = plan_groups(wheels.link_dir(Path(tmp) / "wheels"), scheme, owner=spec.user.uid,
-                                epoch=spec.source_date_epoch)
-            outcome["result"] = compose_image(
-                client, system_id, plans, wheels.digests, base_layers=base_layer_count(client, plan.base_ref),
-                epoch=spec.source_date_epoch, show=events.put, progress=progress,
-            )
-        except BaseException as exc:  # handed to the caller's thread below
-            outcome["error"] = exc
-        finally:
-            events.put(None)
+    return work
 
-    worker = threading.Thread(target=work, name="envkit-compose", daemon=True)
-    yield Event("phase", "compose: the sealed system layers and the Python layers written from the wheels")
-    worker.start()
-    try:
-        while (event := events.get()) is not None:
-            yield event
-    except KeyboardInterrupt:
-        raise Interrupted("build interrupted while loading the image; the tag was not moved") from None
-    finally:
-        worker.join(timeout=1.0)
-        shutil.rmtree(tmp, ignore_errors=True)
-    if "error" in outcome:
-        raise outcome["error"]
-    result = outcome["result"]
-    sent = sum(1 for layer in result.layers if layer["sent"])
-    yield Event("phase", f"composed {result.image_id[7:19]}: {sent} of {len(result.layers)} layers sent, "
-                f"{result.sent_bytes / 1e9:.2f} GB")
-    return str(result.image_id)
+
+def _compose_side(client: docker.DockerClient, plan: BuildPlan, system_id: str, wheels: CachedWheels,
+                  plans: list[Any], *, fresh: bool) -> Callable[..., Any]:
+    from envkit.image.compose import compose_image
+
+    def work(put: Callable[[Event], None]) -> Any:
+        return compose_image(
+            client, system_id, plans, wheels.digests, base_ref=plan.base_ref,
+            epoch=plan.spec.source_date_epoch, show=put,
+            progress=lambda n, d, t: put(Event("bytes", n, step=d, total=t)), fresh=fresh,
+        )
+
+    return work
 
 
 def build_input_digest(client: docker.DockerClient, plan: BuildPlan, *, seal: bool) -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 
 from envkit.atomic import write_bytes
 from envkit.engine.client import engine_chains, image_exists, inspect_image
@@ -101,20 +102,23 @@ def compose_image(
     plans: list[LayerPlan],
     wheel_digests: dict[str, str],
     *,
-    base_layers: int,
+    base_ref: str,
     epoch: int,
     memo: LayerMemo | None = None,
     show: Show | None = None,
     tmp_dir: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    fresh: bool = False,
 ) -> ComposeResult:
     """Seal `system_id`'s layers, stack the Python layers with them and load the image; its ID.
 
-    `base_layers` is how many of the system image's layers are the base's. Nothing is tagged.
+    The system image is built on `base_ref`; the base's own layers are used as they are (they are
+    the bootstrapped root filesystem the lock records). Nothing is tagged.
     """
     say = phases(show)
     memo = memo or LayerMemo()
     started = time.monotonic()
+    config: dict[str, Any]
     workdir = tempfile.mkdtemp(prefix="envkit-compose-", dir=tmp_dir)
     try:
         say(f"sealing the system layers of {system_id[7:19]}")
@@ -122,13 +126,20 @@ def compose_image(
         results = list(saved.layers)
         digests = [r.diff_id if r.entries > 0 else None for r, _ in results]
         config = json.loads(sealed_config(saved.config, digests, epoch))
+        base = base_diff_ids(client, base_ref)
+        base_layers = len(base)
         system = [Part(f"system-{i}", path=p, size=os.path.getsize(p), diff_id=r.diff_id)
                   for i, (r, p) in enumerate(results, 1) if r.entries > 0]
+        if [p.diff_id for p in system[:base_layers]] != base:
+            # The seal rewrote the base's layers: use the base's own (already on the engine).
+            system = [Part(f"base-{i}", diff_id=d) for i, d in enumerate(base, 1)] + system[base_layers:]
         python = []
         for plan in plans:
             key = LayerMemo.key(plan, wheel_digests)
-            python.append(Part(f"python-{plan.group}", plan=plan, memo_key=key, diff_id=memo.get(key),
-                               size=plan.size))
+            # The layers below the system ones were just written again by `preload` when fresh.
+            again = fresh and plan.group not in BELOW_SYSTEM
+            python.append(Part(f"python-{plan.group}", plan=plan, memo_key=key,
+                               diff_id=None if again else memo.get(key), size=plan.size))
         below = [p for p in python if p.plan and p.plan.group in BELOW_SYSTEM]
         above = [p for p in python if p not in below]
         parts = system[:base_layers] + below + system[base_layers:] + above
@@ -237,8 +248,68 @@ def _archive(parts: list[Part], finish: Callable[[list[str]], bytes],
     yield END_OF_ARCHIVE
 
 
-def base_layer_count(client: docker.DockerClient, base_ref: str) -> int:
-    return len((inspect_image(client, base_ref).get("RootFS") or {}).get("Layers") or [])
+def base_diff_ids(client: docker.DockerClient, base_ref: str) -> list[str]:
+    return list((inspect_image(client, base_ref).get("RootFS") or {}).get("Layers") or [])
 
 
-__all__ = ["ComposeResult", "LayerMemo", "base_layer_count", "compose_image", "human_bytes"]
+def preload(
+    client: docker.DockerClient,
+    base_ref: str,
+    plans: list[LayerPlan],
+    wheel_digests: dict[str, str],
+    *,
+    epoch: int,
+    memo: LayerMemo | None = None,
+    show: Show | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    fresh: bool = False,
+) -> list[str]:
+    """Load the layers that go directly on the base (CUDA, torch) as an untagged image of their own,
+    while the engine is busy with the system part; `compose_image` then finds their chain held.
+
+    Returns the IDs of images loaded for this (for `forget`); nothing when the engine holds them.
+    `fresh` (a --no-cache build) writes and sends the layers even so, so that their digests are
+    computed again from the wheels rather than remembered.
+    """
+    say = phases(show)
+    memo = memo or LayerMemo()
+    base = base_diff_ids(client, base_ref)
+    parts = [Part(f"base-{i}", diff_id=d) for i, d in enumerate(base, 1)]
+    for plan in plans:
+        if plan.group in BELOW_SYSTEM:
+            key = LayerMemo.key(plan, wheel_digests)
+            parts.append(Part(f"python-{plan.group}", plan=plan, memo_key=key,
+                              diff_id=None if fresh else memo.get(key), size=plan.size))
+    if len(parts) == len(base):
+        return []
+    _mark_sent(parts, engine_chains(client))
+    if not any(p.sent for p in parts):
+        say("CUDA and torch layers: already on the engine")
+        return []
+    created = rfc3339(epoch)
+    config = {"architecture": "amd64", "os": "linux", "created": created, "config": {},
+              "history": [{"created": created, "created_by": p.name} for p in parts]}
+    say("CUDA and torch layers: writing them from the wheels into the engine")
+    box: dict[str, bytes] = {}
+    loaded = load_archive(client, _archive(parts, lambda ids: _finish(config, config["history"], ids, box),
+                                           progress))
+    for part in parts:
+        if part.memo_key and part.diff_id:
+            memo.put(part.memo_key, part.diff_id)
+    image_id = "sha256:" + hashlib.sha256(box["config"]).hexdigest()
+    return [image_id] if image_id in loaded or image_exists(client, image_id) else []
+
+
+def forget(client: docker.DockerClient, image_ids: list[str], *, keep: str) -> None:
+    """Remove the untagged helper images `preload` loaded; their layers stay with the image."""
+    for image_id in image_ids:
+        if image_id == keep:
+            continue
+        try:
+            if not client.api.inspect_image(image_id).get("RepoTags"):
+                client.api.remove_image(image_id, noprune=False)
+        except docker.errors.DockerException:
+            continue
+
+
+__all__ = ["ComposeResult", "LayerMemo", "base_diff_ids", "compose_image", "forget", "human_bytes", "preload"]
