@@ -298,6 +298,8 @@ class BuildResult:
     unsealed_id: str = ""
     sealed: bool = False
     reused: bool = False
+    wheels_downloaded: int = 0
+    layers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -312,6 +314,8 @@ class BuildResult:
             "unsealed_id": self.unsealed_id,
             "sealed": self.sealed,
             "reused": self.reused,
+            "wheels_downloaded": self.wheels_downloaded,
+            "layers": self.layers,
         }
 
 
@@ -526,18 +530,18 @@ def build_image(
         durations["python_wait"] = time.monotonic() - t0 - durations["build"]
         t0 = time.monotonic()
         yield Event("phase", "compose: the sealed system layers with the Python layers")
-        result = yield from _Background(_compose_side(client, plan, system_id, wheels, plans, fresh=nocache),
-                                        "envkit-compose").finish()
+        compose = _compose_side(client, plan, system_id, wheels, plans, fresh=nocache)
+        composed = yield from _Background(compose, "envkit-compose").finish()
         durations["compose"] = time.monotonic() - t0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     from envkit.image.compose import forget
 
-    forget(client, preloaded, keep=result.image_id)
-    sent = sum(1 for layer in result.layers if layer["sent"])
-    yield Event("phase", f"composed {result.image_id[7:19]}: {sent} of {len(result.layers)} layers sent "
-                f"({result.sent_bytes / 1e9:.2f} GB)")
-    final_id = result.image_id
+    forget(client, preloaded, keep=composed.image_id)
+    sent = sum(1 for layer in composed.layers if layer["sent"])
+    yield Event("phase", f"composed {composed.image_id[7:19]}: {sent} of {len(composed.layers)} layers sent "
+                f"({composed.sent_bytes / 1e9:.2f} GB)")
+    final_id = composed.image_id
     unsealed = client.images.get(system_id)
     image = client.images.get(final_id)
     tag_image(client, image.id, target)
@@ -556,6 +560,8 @@ def build_image(
         cached_steps=cached,
         unsealed_id=unsealed.id,
         sealed=True,
+        wheels_downloaded=wheels.downloaded,
+        layers=composed.layers,
     )
     yield Event("done", f"built {target}", data={"result": result})
 
