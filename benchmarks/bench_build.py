@@ -146,7 +146,11 @@ def main() -> int:
     cold_s, proc = timed(envkit("build", args.image, "--no-cache", "--json"), env=env)
     build = json.loads(proc.stdout)
     engine_after = layers_bytes(client)
-    print(f"[2/5] cold build of {args.image} again (--no-cache, wheels cached)", file=sys.stderr)
+    # The engine must not hold the first build's layers, or the second would find them there.
+    client.api.remove_image(tag)
+    client.api.prune_images(filters={"dangling": True})
+    print(f"[2/5] cold build of {args.image} again (--no-cache, wheels cached, engine emptied)",
+          file=sys.stderr)
     warm_s, proc = timed(envkit("build", args.image, "--no-cache", "--json"), env=env)
     warm = json.loads(proc.stdout)
 

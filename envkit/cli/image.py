@@ -99,16 +99,14 @@ def base_cmd(name: str, mirror: str | None, source_date_epoch: int, force: bool)
 @click.argument("name")
 @click.option("--tag", "tag", help="Tag for the image (default envkit/NAME:TAG).")
 @click.option("--no-cache", is_flag=True, help="Build every step again.")
-@click.option("--ca-bundle", envvar="ENVKIT_CA_BUNDLE", help="CA bundle for the builder stage "
-              "(default: PIP_CERT, SSL_CERT_FILE or REQUESTS_CA_BUNDLE).")
-@click.option("--no-seal", is_flag=True, help="Skip rewriting the image into deterministic layers.")
+@click.option("--ca-bundle", envvar="ENVKIT_CA_BUNDLE", help="CA bundle the host trusts when it fetches "
+              "wheels (default: PIP_CERT, SSL_CERT_FILE or REQUESTS_CA_BUNDLE).")
 @click.option("--index-url", envvar="ENVKIT_INDEX_URL",
               help="A PyPI mirror (PEP 503 simple index) to fetch wheels from; the lock's hashes are "
               "still enforced [env: ENVKIT_INDEX_URL].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def build_cmd(
-    name: str, tag: str | None, no_cache: bool, ca_bundle: str | None, no_seal: bool, index_url: str | None,
-    as_json: bool,
+    name: str, tag: str | None, no_cache: bool, ca_bundle: str | None, index_url: str | None, as_json: bool,
 ) -> None:
     """Render and build NAME on the Docker engine."""
     from envkit.engine.client import get_client
@@ -123,7 +121,7 @@ def build_cmd(
     if plan.lock_source == "resolved now":
         console.warning(f"{plan.ref.display} has no lock; resolved the Python set now (run `envkit lock`)")
     result = console.show_job(
-        f"build {tag or plan.tag}", build_image(client, plan, tag=tag, nocache=no_cache, seal=not no_seal)
+        f"build {tag or plan.tag}", build_image(client, plan, tag=tag, nocache=no_cache)
     )
     console.success(
         f"built {result.tag} {result.image_id[:19]} in {result.durations['total']:.1f}s "

@@ -464,7 +464,6 @@ def build_image(
     *,
     tag: str | None = None,
     nocache: bool = False,
-    seal: bool = True,
     network_mode: str | None = None,
     buildargs: dict[str, str] | None = None,
 ) -> Iterator[Event]:
@@ -489,7 +488,7 @@ def build_image(
                 f"base image {plan.base_ref} is not present and no registry pull is attempted",
                 hint="docker load the base image, or use a bootstrap base",
             )
-    inputs = build_input_digest(client, plan, seal=seal)
+    inputs = build_input_digest(client, plan)
     if not nocache:
         from envkit.image import sealcache
 
@@ -502,7 +501,7 @@ def build_image(
             result = BuildResult(
                 image_id=image.id, tag=target, size=int(image.attrs.get("Size", 0)), durations=durations,
                 spec_digest=plan.spec.digest(), lock_source=plan.lock_source, base_ref=plan.base_ref,
-                reused=True, sealed=seal,
+                reused=True, sealed=True,
             )
             yield Event("done", f"reused {target}", data={"result": result})
             return
@@ -538,6 +537,7 @@ def build_image(
     from envkit.image.compose import forget
 
     forget(client, preloaded, keep=composed.image_id)
+    _keep_system_cache(client, target, system_id)
     sent = sum(1 for layer in composed.layers if layer["sent"])
     yield Event("phase", f"composed {composed.image_id[7:19]}: {sent} of {len(composed.layers)} layers sent "
                 f"({composed.sent_bytes / 1e9:.2f} GB)")
@@ -606,6 +606,28 @@ class _Background:
         return self._outcome["result"]
 
 
+CACHE_REPO = "envkit-cache/system"
+
+
+def _keep_system_cache(client: docker.DockerClient, target: str, system_id: str) -> None:
+    """Keep the engine's build of the system part (about half a GB) as the cache of the next build
+    of `target`, under a tag of its own, and drop the one it replaces: builds leave one such image
+    per target, never a trail of untagged ones."""
+    name = "-".join(part for part in re.split(r"[^a-z0-9]+", target.lower()) if part)[:120] or "image"
+    ref = f"{CACHE_REPO}:{name}"
+    try:
+        old = client.api.inspect_image(ref)["Id"]
+    except docker.errors.NotFound:
+        old = None
+    tag_image(client, system_id, ref)
+    if old and old != system_id:
+        try:
+            if not client.api.inspect_image(old).get("RepoTags"):
+                client.api.remove_image(old, noprune=False)
+        except docker.errors.APIError:
+            pass
+
+
 def _suite(plan: BuildPlan) -> str:
     bootstrap = plan.spec.base.bootstrap
     return bootstrap.suite if bootstrap is not None else "bookworm"
@@ -652,11 +674,11 @@ def _compose_side(client: docker.DockerClient, plan: BuildPlan, system_id: str, 
     return work
 
 
-def build_input_digest(client: docker.DockerClient, plan: BuildPlan, *, seal: bool) -> str:
+def build_input_digest(client: docker.DockerClient, plan: BuildPlan) -> str:
     """A digest of everything the image is made from; the base by its local image ID."""
     context = make_context(plan)
     base_id = client.images.get(plan.base_ref).id
-    text = "\n".join(["envkit-build-inputs/2", context.digest(), base_id, plan.spec.platform, f"seal={seal}"])
+    text = "\n".join(["envkit-build-inputs/2", context.digest(), base_id, plan.spec.platform])
     return "inputs:sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 

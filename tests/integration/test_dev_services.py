@@ -52,7 +52,7 @@ def dev_image(docker_client) -> Iterator[str]:  # type: ignore[no-untyped-def]
     before = image_ids(docker_client)
     tag = f"envkit-test/pytorch-cuda:2.8-dev-{uuid.uuid4().hex[:8]}"
     # Unsealed: the layer scan below then sees everything the build wrote, volatile files included.
-    result = run_envkit("build", DEV_SPEC, "--tag", tag, "--no-seal", "--json")
+    result = run_envkit("build", DEV_SPEC, "--tag", tag, "--json")
     if result.returncode != 0:
         remove_new_images(docker_client, before)
         pytest.fail(f"building {DEV_SPEC} failed (exit {result.returncode}):\n{result.stderr[-4000:]}")

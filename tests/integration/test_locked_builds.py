@@ -91,7 +91,7 @@ def devel_image(docker_client, torch_image: BuiltImage):  # type: ignore[no-unty
     before = image_ids(docker_client)
     tag = f"envkit-test/pytorch-cuda:2.8-devel-{uuid.uuid4().hex[:8]}"
     result = run_envkit(
-        "build", "pytorch-cuda:2.8-devel", "--tag", tag, "--no-seal", "--ca-bundle", str(torch_image.ca_bundle)
+        "build", "pytorch-cuda:2.8-devel", "--tag", tag, "--ca-bundle", str(torch_image.ca_bundle)
     )
     assert result.returncode == 0, result.stderr[-4000:]
     yield tag
