@@ -653,6 +653,7 @@ def _python_side(
         plans = plan_groups(wheels.link_dir(workdir / "wheels"), scheme, owner=spec.user.uid,
                             epoch=spec.source_date_epoch)
         preloaded = preload(client, plan.base_ref, plans, wheels.digests, epoch=spec.source_date_epoch,
+                            workdir=workdir,
                             show=put, progress=lambda n, d, t: put(Event("bytes", n, step=d, total=t)),
                             fresh=fresh)
         return wheels, plans, preloaded

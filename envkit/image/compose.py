@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ import docker.errors
 
 from envkit.atomic import write_bytes
 from envkit.engine.client import engine_chains, image_exists, inspect_image
-from envkit.engine.dockerarchive import chain_ids, load_archive, rfc3339
+from envkit.engine.dockerarchive import chain_ids, load_archive, load_error, read_saved, rfc3339, save_stream
 from envkit.engine.tarstream import END_OF_ARCHIVE, file_chunks, member
 from envkit.errors import IntegrityError
 from envkit.events import Show, phases
@@ -128,24 +129,19 @@ def compose_image(
         config = json.loads(sealed_config(saved.config, digests, epoch))
         base = base_diff_ids(client, base_ref)
         base_layers = len(base)
+        # The system image's own layers above the base, sealed; the base's layers are used as the
+        # base image holds them (the seal's rewrite of those is not needed).
         system = [Part(f"system-{i}", path=p, size=os.path.getsize(p), diff_id=r.diff_id)
-                  for i, (r, p) in enumerate(results, 1) if r.entries > 0]
-        if [p.diff_id for p in system[:base_layers]] != base:
-            # The seal rewrote the base's layers: use the base's own (already on the engine).
-            system = [Part(f"base-{i}", diff_id=d) for i, d in enumerate(base, 1)] + system[base_layers:]
-        python = []
-        for plan in plans:
-            key = LayerMemo.key(plan, wheel_digests)
-            # The layers below the system ones were just written again by `preload` when fresh.
-            again = fresh and plan.group not in BELOW_SYSTEM
-            python.append(Part(f"python-{plan.group}", plan=plan, memo_key=key,
-                               diff_id=None if again else memo.get(key), size=plan.size))
-        below = [p for p in python if p.plan and p.plan.group in BELOW_SYSTEM]
-        above = [p for p in python if p not in below]
-        parts = system[:base_layers] + below + system[base_layers:] + above
-        history = _history(config["history"], base_layers, below, above, epoch)
-        present = engine_chains(client)
-        _mark_sent(parts, present)
+                  for i, (r, p) in enumerate(results, 1) if r.entries > 0][base_layers:]
+        python = python_parts(plans, wheel_digests, memo, fresh=False)
+        base_parts = [Part(f"base-{i}", diff_id=d) for i, d in enumerate(base, 1)]
+        stack = python_stack(python, base_parts)
+        parts = stack + system
+        history = _history(config["history"], base_layers, stack)
+        _mark_sent(parts, engine_chains(client))
+        if any(p.sent for p in base_parts):
+            for part, path in zip(base_parts, _save_layers(client, base_ref, Path(workdir)), strict=True):
+                part.path, part.size = path, os.path.getsize(path)
         say("loading: " + ", ".join(f"{p.name} {'sent' if p.sent else 'held'}" for p in parts))
         box: dict[str, bytes] = {}
         stream = _archive(parts, lambda ids: _finish(config, history, ids, box), progress)
@@ -178,16 +174,18 @@ def _mark_sent(parts: list[Part], present: set[str]) -> None:
         part.sent = chain_ids(known)[-1] not in present
 
 
-def _history(history: list[dict[str, Any]], base_layers: int, below: list[Part], above: list[Part],
-             epoch: int) -> list[dict[str, Any]]:
-    """The system history with an entry for each Python layer where it sits in the stack."""
-    created = rfc3339(epoch)
+def _history(history: list[dict[str, Any]], base_layers: int, stack: list[Part],
+             epoch: int | None = None) -> list[dict[str, Any]]:
+    """The system image's history with the Python layers' entries where they sit in `stack` (the
+    layers up to the first system one), the base's own entries kept in place."""
+    created = history[0].get("created") if history else None
 
     def entry(part: Part) -> dict[str, Any]:
         assert part.plan is not None
         names = ", ".join(p.name.split("-", 1)[0] for p in part.plan.wheels)
-        return {"created": created, "created_by": f"envkit python layer {part.plan.group}: {names}",
+        item = {"created_by": f"envkit python layer {part.plan.group}: {names}",
                 "comment": "written by envkit from the locked wheels"}
+        return {"created": created, **item} if created else item
 
     seen = 0
     split = 0
@@ -197,7 +195,15 @@ def _history(history: list[dict[str, Any]], base_layers: int, below: list[Part],
         split = index + 1
         if not item.get("empty_layer"):
             seen += 1
-    return history[:split] + [entry(p) for p in below] + history[split:] + [entry(p) for p in above]
+    base_entries, rest = history[:split], history[split:]
+    out: list[dict[str, Any]] = []
+    for part in stack:
+        if part.plan is not None:
+            out.append(entry(part))
+        elif base_entries:
+            out.extend(base_entries)
+            base_entries = []
+    return out + base_entries + rest
 
 
 def _finish(config: dict[str, Any], history: list[dict[str, Any]], diff_ids: list[str],
@@ -252,6 +258,27 @@ def base_diff_ids(client: docker.DockerClient, base_ref: str) -> list[str]:
     return list((inspect_image(client, base_ref).get("RootFS") or {}).get("Layers") or [])
 
 
+def python_parts(plans: list[LayerPlan], wheel_digests: dict[str, str], memo: LayerMemo, *,
+                 fresh: bool) -> list[Part]:
+    out = []
+    for plan in plans:
+        key = LayerMemo.key(plan, wheel_digests)
+        out.append(Part(f"python-{plan.group}", plan=plan, memo_key=key,
+                        diff_id=None if fresh else memo.get(key), size=plan.size))
+    return out
+
+
+def python_stack(python: list[Part], base: list[Part]) -> list[Part]:
+    """The layers below the system ones: CUDA, the base, torch, the rest of the Python set.
+
+    The CUDA layer, the largest, is at the very bottom because a layer with no parent can be given
+    to the engine with `docker import`, which stores it in one pass, where `docker load` writes every
+    byte twice. It and the base touch different paths, so the order changes nothing in the tree."""
+    cuda = [p for p in python if p.plan is not None and p.plan.group == CUDA]
+    others = [p for p in python if p not in cuda]
+    return cuda + base + others
+
+
 def preload(
     client: docker.DockerClient,
     base_ref: str,
@@ -259,45 +286,137 @@ def preload(
     wheel_digests: dict[str, str],
     *,
     epoch: int,
+    workdir: Path,
     memo: LayerMemo | None = None,
     show: Show | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     fresh: bool = False,
 ) -> list[str]:
-    """Load the layers that go directly on the base (CUDA, torch) as an untagged image of their own,
-    while the engine is busy with the system part; `compose_image` then finds their chain held.
+    """Put the Python layers and the base into the engine as untagged images of their own while it
+    builds the system part; `compose_image` then finds their chain held and sends only the system
+    layers. The CUDA layer goes in by `docker import` while the rest streams into `docker load`.
 
-    Returns the IDs of images loaded for this (for `forget`); nothing when the engine holds them.
+    Returns the IDs of the helper images (for `forget`); nothing when the engine holds them all.
     `fresh` (a --no-cache build) writes and sends the layers even so, so that their digests are
     computed again from the wheels rather than remembered.
     """
     say = phases(show)
     memo = memo or LayerMemo()
     base = base_diff_ids(client, base_ref)
-    parts = [Part(f"base-{i}", diff_id=d) for i, d in enumerate(base, 1)]
-    for plan in plans:
-        if plan.group in BELOW_SYSTEM:
-            key = LayerMemo.key(plan, wheel_digests)
-            parts.append(Part(f"python-{plan.group}", plan=plan, memo_key=key,
-                              diff_id=None if fresh else memo.get(key), size=plan.size))
-    if len(parts) == len(base):
+    python = python_parts(plans, wheel_digests, memo, fresh=fresh)
+    if not python:
         return []
+    base_parts = [Part(f"base-{i}", diff_id=d) for i, d in enumerate(base, 1)]
+    parts = python_stack(python, base_parts)
     _mark_sent(parts, engine_chains(client))
     if not any(p.sent for p in parts):
-        say("CUDA and torch layers: already on the engine")
+        say("Python layers: already on the engine")
         return []
+    helpers: list[str] = []
+    bottom = parts[0]
+    importing: threading.Thread | None = None
+    imported: dict[str, Any] = {}
+    if bottom.plan is not None and bottom.sent:
+        say(f"Python layers: importing {bottom.name} while the others stream")
+
+        def run_import() -> None:
+            try:
+                imported["id"] = _import_layer(client, bottom, progress)
+            except BaseException as exc:  # re-raised in the caller's thread
+                imported["error"] = exc
+
+        importing = threading.Thread(target=run_import, name="envkit-import", daemon=True)
+        importing.start()
+    if any(p.sent for p in base_parts):
+        for part, path in zip(base_parts, _save_layers(client, base_ref, workdir), strict=True):
+            part.path, part.size = path, os.path.getsize(path)
+
+    def wait_for_import() -> None:
+        if importing is not None:
+            importing.join()
+            if "error" in imported:
+                raise imported["error"]
+            helpers.append(imported["id"])
+
     created = rfc3339(epoch)
     config = {"architecture": "amd64", "os": "linux", "created": created, "config": {},
               "history": [{"created": created, "created_by": p.name} for p in parts]}
-    say("CUDA and torch layers: writing them from the wheels into the engine")
     box: dict[str, bytes] = {}
-    loaded = load_archive(client, _archive(parts, lambda ids: _finish(config, config["history"], ids, box),
-                                           progress))
+
+    def finish(ids: list[str]) -> bytes:
+        wait_for_import()  # docker load looks for the bottom layer only once it has the manifest
+        ids = [bottom.diff_id or ""] + ids[1:]
+        return _finish(config, config["history"], ids, box)
+
+    if len(parts) > 1 and any(p.sent for p in parts[1:]):
+        to_send = [Part(p.name, p.path, p.size, p.plan, p.memo_key, p.diff_id, p.sent) for p in parts]
+        to_send[0].sent = False  # the import brings it
+        loaded = load_archive(client, _archive(to_send, finish, progress))
+        for part, sent in zip(parts[1:], to_send[1:], strict=True):
+            part.diff_id = sent.diff_id
+        image_id = "sha256:" + hashlib.sha256(box["config"]).hexdigest()
+        if image_id in loaded or image_exists(client, image_id):
+            helpers.append(image_id)
+    else:
+        wait_for_import()
     for part in parts:
         if part.memo_key and part.diff_id:
             memo.put(part.memo_key, part.diff_id)
-    image_id = "sha256:" + hashlib.sha256(box["config"]).hexdigest()
-    return [image_id] if image_id in loaded or image_exists(client, image_id) else []
+    return helpers
+
+
+def _import_layer(client: docker.DockerClient, part: Part,
+                  progress: Callable[[str, int, int], None] | None) -> str:
+    """`docker import` one Python layer as a parentless image; its ID. Sets `part.diff_id`."""
+    assert part.plan is not None
+    sha = hashlib.sha256()
+
+    def chunks() -> Iterator[bytes]:
+        done = 0
+        for chunk in stream_layer(part.plan):  # type: ignore[arg-type]
+            sha.update(chunk)
+            done += len(chunk)
+            if progress:
+                progress(part.name, done, part.size)
+            yield chunk
+
+    try:
+        answer = client.api.import_image_from_stream(chunks())
+    except docker.errors.APIError as exc:
+        raise load_error(str(exc.explanation or exc)) from exc
+    digest = "sha256:" + sha.hexdigest()
+    image_id = ""
+    for line in str(answer).splitlines():
+        try:
+            status = json.loads(line).get("status", "")
+        except ValueError:
+            continue
+        if str(status).startswith("sha256:"):
+            image_id = str(status)
+    layers = (inspect_image(client, image_id).get("RootFS") or {}).get("Layers") if image_id else None
+    if layers != [digest]:
+        raise IntegrityError(f"the engine imported {part.name} as {layers}, envkit wrote {digest}")
+    if part.diff_id and part.diff_id != digest:
+        raise IntegrityError(f"layer {part.name} is {digest}, remembered as {part.diff_id}")
+    part.diff_id = digest
+    return image_id
+
+
+def _save_layers(client: docker.DockerClient, ref: str, workdir: Path) -> list[str]:
+    """The layer files of `ref` as `docker save` gives them (the base: small), unchanged."""
+    count = 0
+
+    def keep(_member: str, _info: Any, data: Any) -> str:
+        nonlocal count
+        count += 1
+        path = workdir / f"base-{count}.tar"
+        with open(path, "wb") as out:
+            while chunk := data.read(1 << 20):
+                out.write(chunk)
+        return str(path)
+
+    saved = read_saved(save_stream(client, ref), keep)
+    return [path for path in saved.layers]
 
 
 def forget(client: docker.DockerClient, image_ids: list[str], *, keep: str) -> None:

@@ -160,7 +160,8 @@ def ensure_wheels(
     yield done("wheels ready", wheels)
 
 
-_PIP_MISMATCH = re.compile(r"^\s+(\S+==\S+) from .*:\s*$\n\s+Expected sha256 (\w+)\n\s+Got\s+(\w+)",
+_PIP_MISMATCH = re.compile(r"^\s+(\S+==\S+) from .*:\s*$\n\s+Expected sha256 (\w+)\n(?:\s+or sha256 \w+\n)*"
+                           r"\s+Got\s+(\w+)",
                            re.MULTILINE)
 
 

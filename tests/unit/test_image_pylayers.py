@@ -152,4 +152,4 @@ def test_compose_sends_only_layers_the_engine_lacks_and_names_each_in_history() 
     _mark_sent(parts, present)
     assert [p.sent for p in parts] == [False, False, True, True]
     history = [{"created_by": "base"}, {"created_by": "RUN apt"}, {"created_by": "ENV", "empty_layer": True}]
-    assert [h["created_by"] for h in _history(history, 1, [], [], EPOCH)] == ["base", "RUN apt", "ENV"]
+    assert [h["created_by"] for h in _history(history, 1, [Part("base-1")])] == ["base", "RUN apt", "ENV"]
