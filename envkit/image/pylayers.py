@@ -36,6 +36,7 @@ from envkit.incontainer.wheelinstall import (
     _SIGNATURES,
     INSTALLER,
     LAUNCHER,
+    InstallError,
     Scheme,
     _dist_info_dir,
     _fix_shebang,
@@ -45,6 +46,7 @@ from envkit.incontainer.wheelinstall import (
     _safe,
     normalize,
     record_hash,
+    target_of,
 )
 
 CUDA = "cuda"
@@ -134,6 +136,13 @@ def sort_key(name: str) -> tuple[bytes, ...]:
 
 def _wheel_entries(path: Path, scheme: Scheme) -> tuple[list[Entry], list[str]]:
     """Every file the wheel installs (absolute image paths), with RECORD rows for the new RECORD."""
+    try:
+        return _read_entries(path, scheme)
+    except (InstallError, zipfile.BadZipFile, KeyError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{path.name}: {exc}") from None
+
+
+def _read_entries(path: Path, scheme: Scheme) -> tuple[list[Entry], list[str]]:
     with zipfile.ZipFile(path) as archive:
         infos = [i for i in archive.infolist() if not i.is_dir()]
         names = [_safe(i.filename) for i in infos]
@@ -150,20 +159,14 @@ def _wheel_entries(path: Path, scheme: Scheme) -> tuple[list[Entry], list[str]]:
             if not expected:
                 raise IntegrityError(f"{path.name}: {name} is not listed with a hash in RECORD")
             mode = _mode(info)
-            if name.startswith(data_dir + "/"):
-                key, _, rest = name[len(data_dir) + 1 :].partition("/")
-                if not rest:
-                    raise IntegrityError(f"{path.name}: unsafe path {name!r}")
-                target = f"{scheme.path_for(key, dist)}/{rest}"
-                if key == "scripts":
-                    raw = archive.read(info)
-                    if record_hash(raw) != expected:
-                        raise IntegrityError(f"{path.name}: {name} does not match its RECORD hash")
-                    fixed = _fix_shebang(raw, scheme.python)
-                    entries.append(Entry(target.lstrip("/"), 0o755, len(fixed), data=fixed))
-                    continue
-            else:
-                target = f"{scheme.site}/{name}"
+            target, key = target_of(name, data_dir, dist, scheme)
+            if key == "scripts":
+                raw = archive.read(info)
+                if record_hash(raw) != expected:
+                    raise IntegrityError(f"{path.name}: {name} does not match its RECORD hash")
+                fixed = _fix_shebang(raw, scheme.python)
+                entries.append(Entry(target.lstrip("/"), 0o755, len(fixed), data=fixed))
+                continue
             entries.append(Entry(target.lstrip("/"), mode, info.file_size, wheel=path, zip_name=name,
                                  expected=expected))
         entry_points = f"{dist_info}/entry_points.txt"

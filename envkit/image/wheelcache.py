@@ -8,7 +8,6 @@ restores all read from here: a second build of the same lock downloads nothing.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envkit import platforms
+from envkit.digests import sha256_file
 from envkit.errors import IntegrityError, NetworkError, UsageError
 from envkit.events import Event, done
 from envkit.lock.python import parse_locked
@@ -69,14 +69,6 @@ def cache_root() -> Path:
     return state_root() / "wheels"
 
 
-def sha256_of(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 @dataclass(frozen=True)
 class CachedWheels:
     """The locked set, each wheel checked: file name -> path, and file name -> sha256."""
@@ -123,7 +115,7 @@ def ensure_wheels(
     missing: list[str] = []
     for name, (_version, hashes) in sorted(locked.items()):
         path = _find(root, hashes)
-        if path is not None and sha256_of(path) in hashes:
+        if path is not None and sha256_file(path) in hashes:
             found[name] = path
         else:
             if path is not None:
@@ -140,7 +132,7 @@ def ensure_wheels(
             download_wheels(request, Path(tmp) / "in", python=python, platform=platform, suite=suite,
                             index_args=index_args)
             for path in sorted((Path(tmp) / "in").glob("*.whl")):
-                digest = sha256_of(path)
+                digest = sha256_file(path)
                 owner = next((n for n in missing if digest in locked[n][1]), None)
                 if owner is None:
                     raise IntegrityError(f"hash mismatch for {path.name}: {digest} is not in the lock")

@@ -146,20 +146,24 @@ def read_wheel(path: str, scheme: Scheme) -> Installed:
             if record_hash(data) != expected:
                 raise InstallError(f"{os.path.basename(path)}: {member} does not match its RECORD hash")
             mode = _mode(info)
-            if member.startswith(data_dir + "/"):
-                key, _, rest = member[len(data_dir) + 1 :].partition("/")
-                if not rest:
-                    raise InstallError(f"unsafe path in wheel: {member!r}")
-                target = f"{scheme.path_for(key, name)}/{rest}"
-                if key == "scripts":
-                    data, mode = _fix_shebang(data, scheme.python), 0o755
-            else:
-                target = f"{scheme.site}/{member}"  # purelib and platlib are one directory here
+            target, key = target_of(member, data_dir, name, scheme)
+            if key == "scripts":
+                data, mode = _fix_shebang(data, scheme.python), 0o755
             if target in result.files:
                 raise InstallError(f"{os.path.basename(path)} installs {target} twice")
             result.files[target] = (data, mode)
     _add_entry_points(result, scheme)
     return result
+
+
+def target_of(member: str, data_dir: str, dist_name: str, scheme: Scheme) -> tuple[str, str]:
+    """Where a wheel member is installed, and the ``.data`` directory it came from ("" if none)."""
+    if member.startswith(data_dir + "/"):
+        key, _, rest = member[len(data_dir) + 1 :].partition("/")
+        if not rest:
+            raise InstallError(f"unsafe path in wheel: {member!r}")
+        return f"{scheme.path_for(key, dist_name)}/{rest}", key
+    return f"{scheme.site}/{member}", ""  # purelib and platlib are one directory here
 
 
 def _fix_shebang(data: bytes, python: str) -> bytes:
