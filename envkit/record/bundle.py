@@ -44,8 +44,9 @@ SIGNATURE_NAME = "envkit-bundle.json.sig"  # an SSH signature of the index (bund
 BASE_NAME = "base/image.tar"
 CHUNK = 1 << 20
 
+
 def apt_commands(plan: Any) -> dict[str, str]:
-    """The builder's and the final stage's apt installs, as download-only commands."""
+    """The apt install of the image's system part, as a download-only command."""
     from envkit.image.render import template_context
 
     context = template_context(plan.render_input)
@@ -53,21 +54,18 @@ def apt_commands(plan: Any) -> dict[str, str]:
         "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -q -y --download-only "
         "--no-install-recommends "
     )
-    return {
-        "builder": command + " ".join(context["builder_packages"]),
-        "system": command + " ".join(context["system_packages"]),
-    }
+    return {"system": command + " ".join(context["system_packages"])}
 
 
 def record_apt(client: docker.DockerClient, plan: Any, root: Path) -> Generator[Event, None, list[str]]:
-    """Run each stage's apt install (download only) in the base, through a recording proxy.
+    """Run the apt install (download only) in the base, through a recording proxy.
 
     Yields progress events; returns the recorded file names."""
     store = DirStore(root)
     with internal_network(client) as (network, gateway):
         with PackageServer(store, {}, gateway, record_to=store) as server:
             for stage, command in apt_commands(plan).items():
-                yield Event("phase", f"apt: recording the {stage} stage's packages")
+                yield Event("phase", f"apt: recording the {stage} part's packages")
                 try:
                     client.containers.run(
                         plan.base_ref, ["bash", "-c", command], network=network, remove=True,

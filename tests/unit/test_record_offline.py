@@ -201,3 +201,14 @@ def test_a_failed_bundle_write_leaves_the_old_file(tmp_path: Path, monkeypatch: 
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_bundle_records_the_apt_packages_of_the_one_system_stage() -> None:
+    from envkit.image.build import plan_build
+    from envkit.record.bundle import apt_commands
+
+    commands = apt_commands(plan_build("pytorch-cuda:2.8", with_requirements=False, environ={}))
+    assert list(commands) == ["system"]
+    # The venv module and pip's wheel are part of the image now: they must be recorded too.
+    assert "python3.11-venv=" in commands["system"] and "gcc=" in commands["system"]
+    assert "--download-only" in commands["system"]
