@@ -152,9 +152,14 @@ def ensure_wheels(
     yield done("wheels ready", wheels)
 
 
-_PIP_MISMATCH = re.compile(r"^\s+(\S+==\S+) from .*:\s*$\n\s+Expected sha256 (\w+)\n(?:\s+or sha256 \w+\n)*"
-                           r"\s+Got\s+(\w+)",
-                           re.MULTILINE)
+# pip's report of a wheel whose bytes match none of the lock's hashes (one block per package).
+_PIP_MISMATCH = re.compile(
+    r"^\s+(\S+==\S+) from .*:\s*$\n"
+    r"\s+Expected sha256 (\w+)\n"
+    r"(?:\s+(?:Expected\s+)?or(?: sha256)? \w+\n)*"  # the other hashes the lock allows
+    r"\s+Got\s+(\w+)",
+    re.MULTILINE,
+)
 
 
 def _hash_message(stderr: str) -> str:

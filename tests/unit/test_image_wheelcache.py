@@ -63,3 +63,18 @@ def test_an_index_serving_other_bytes_is_a_hash_mismatch(tmp_path: Path) -> None
     with pytest.raises(IntegrityError, match="hash mismatch for alpha==1.0"):
         _ensure(text, index, tmp_path / "cache")
     assert not any((tmp_path / "cache").rglob("*.whl"))
+
+
+def test_pips_report_of_several_allowed_hashes_names_the_package_and_both_digests() -> None:
+    from envkit.image.wheelcache import _hash_message
+
+    report = (
+        "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE.\n"
+        "    filelock==4.3.1 from https://files.example/filelock-4.3.1-py3-none-any.whl (from -r r.txt (line 1)):\n"
+        "        Expected sha256 " + "0" * 64 + "\n"
+        "        Expected     or " + "1" * 64 + "\n"
+        "             Got        " + "a" * 64 + "\n"
+    )
+    assert _hash_message(report) == (
+        f"hash mismatch for filelock==4.3.1: expected sha256:{'0' * 64}, computed sha256:{'a' * 64}"
+    )
