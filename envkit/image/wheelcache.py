@@ -35,6 +35,15 @@ def wheel_platforms(platform: str, suite: str) -> list[str]:
     return platforms.manylinux_platforms(platforms.machine(platform), (2, GLIBC_MINOR.get(suite, 28)))
 
 
+def _isolated_env() -> dict[str, str]:
+    """pip asks only the indexes envkit chose: its configuration files and PIP_* variables (an
+    extra index, local find-links, constraints) are left out. Proxy variables stay."""
+    env = {key: value for key, value in os.environ.items() if not key.upper().startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    return env
+
+
 def download_wheels(
     requirements: Path, dest: Path, *, python: str, platform: str, suite: str,
     index_args: list[str] | None = None,
@@ -51,7 +60,13 @@ def download_wheels(
     for tag in wheel_platforms(platform, suite):
         command += ["--platform", tag]
     command += index_args or []
-    result = subprocess.run(command, capture_output=True, text=True)
+    if "--cert" not in command:
+        from envkit.image.context import detect_ca_bundle
+
+        ca = detect_ca_bundle(None)
+        if ca is not None:
+            command += ["--cert", str(ca)]
+    result = subprocess.run(command, capture_output=True, text=True, env=_isolated_env())
     if result.returncode != 0:
         tail = "\n".join(result.stderr.strip().splitlines()[-15:])
         if "No module named pip" in result.stderr:

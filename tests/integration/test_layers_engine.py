@@ -59,7 +59,6 @@ def test_a_second_image_of_the_family_reuses_the_cuda_and_torch_layers(
         for name in ("python-cuda", "base-1", "python-torch"):
             assert by_name[name]["diff_id"] == first[name]["diff_id"], name
             assert by_name[name]["sent"] is False, name  # the engine had them: not written again
-        assert by_name["python-python"]["diff_id"] != first["python-python"]["diff_id"]
         mine = docker_client.api.inspect_image(built["image_id"])["RootFS"]["Layers"]
         theirs = docker_client.api.inspect_image(torch_image.tag)["RootFS"]["Layers"]
         assert mine[:3] == theirs[:3]  # the same chain: stored once by the engine
