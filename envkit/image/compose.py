@@ -37,7 +37,7 @@ import docker.errors
 
 from envkit.atomic import write_bytes
 from envkit.engine.client import engine_chains, image_exists, inspect_image
-from envkit.engine.dockerarchive import chain_ids, load_archive, load_error, read_saved, rfc3339, save_stream
+from envkit.engine.dockerarchive import chain_ids, load_archive, load_error, rfc3339
 from envkit.engine.tarstream import END_OF_ARCHIVE, file_chunks, member
 from envkit.errors import IntegrityError
 from envkit.events import Show, phases
@@ -129,19 +129,18 @@ def compose_image(
         config = json.loads(sealed_config(saved.config, digests, epoch))
         base = base_diff_ids(client, base_ref)
         base_layers = len(base)
-        # The system image's own layers above the base, sealed; the base's layers are used as the
-        # base image holds them (the seal's rewrite of those is not needed).
+        # Every layer sealed, the base's too (as `preload` seals it), so that sealing the image
+        # again (a drift layer on top) gives the same layers: the seal is idempotent.
+        sealed = [(r, p) for r, p in results if r.entries > 0]
+        base_parts = [Part(f"base-{i}", path=p, size=os.path.getsize(p), diff_id=r.diff_id)
+                      for i, (r, p) in enumerate(sealed[:base_layers], 1)]
         system = [Part(f"system-{i}", path=p, size=os.path.getsize(p), diff_id=r.diff_id)
-                  for i, (r, p) in enumerate(results, 1) if r.entries > 0][base_layers:]
+                  for i, (r, p) in enumerate(sealed[base_layers:], base_layers + 1)]
         python = python_parts(plans, wheel_digests, memo, fresh=False)
-        base_parts = [Part(f"base-{i}", diff_id=d) for i, d in enumerate(base, 1)]
         stack = python_stack(python, base_parts)
         parts = stack + system
         history = _history(config["history"], base_layers, stack)
         _mark_sent(parts, engine_chains(client))
-        if any(p.sent for p in base_parts):
-            for part, path in zip(base_parts, _save_layers(client, base_ref, Path(workdir)), strict=True):
-                part.path, part.size = path, os.path.getsize(path)
         say("loading: " + ", ".join(f"{p.name} {'sent' if p.sent else 'held'}" for p in parts))
         box: dict[str, bytes] = {}
         stream = _archive(parts, lambda ids: _finish(config, history, ids, box), progress)
@@ -302,11 +301,12 @@ def preload(
     """
     say = phases(show)
     memo = memo or LayerMemo()
-    base = base_diff_ids(client, base_ref)
     python = python_parts(plans, wheel_digests, memo, fresh=fresh)
     if not python:
         return []
-    base_parts = [Part(f"base-{i}", diff_id=d) for i, d in enumerate(base, 1)]
+    sealed_base = _save_and_rewrite(client, base_ref, str(workdir), epoch, say).layers
+    base_parts = [Part(f"base-{i}", path=p, size=os.path.getsize(p), diff_id=r.diff_id)
+                  for i, (r, p) in enumerate(sealed_base, 1) if r.entries > 0]
     parts = python_stack(python, base_parts)
     _mark_sent(parts, engine_chains(client))
     if not any(p.sent for p in parts):
@@ -327,9 +327,6 @@ def preload(
 
         importing = threading.Thread(target=run_import, name="envkit-import", daemon=True)
         importing.start()
-    if any(p.sent for p in base_parts):
-        for part, path in zip(base_parts, _save_layers(client, base_ref, workdir), strict=True):
-            part.path, part.size = path, os.path.getsize(path)
 
     def wait_for_import() -> None:
         if importing is not None:
@@ -400,23 +397,6 @@ def _import_layer(client: docker.DockerClient, part: Part,
         raise IntegrityError(f"layer {part.name} is {digest}, remembered as {part.diff_id}")
     part.diff_id = digest
     return image_id
-
-
-def _save_layers(client: docker.DockerClient, ref: str, workdir: Path) -> list[str]:
-    """The layer files of `ref` as `docker save` gives them (the base: small), unchanged."""
-    count = 0
-
-    def keep(_member: str, _info: Any, data: Any) -> str:
-        nonlocal count
-        count += 1
-        path = workdir / f"base-{count}.tar"
-        with open(path, "wb") as out:
-            while chunk := data.read(1 << 20):
-                out.write(chunk)
-        return str(path)
-
-    saved = read_saved(save_stream(client, ref), keep)
-    return [path for path in saved.layers]
 
 
 def forget(client: docker.DockerClient, image_ids: list[str], *, keep: str) -> None:
