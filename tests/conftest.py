@@ -76,7 +76,7 @@ def remove_new_images(client, before: set[str], keep: tuple[str, ...] = ()) -> N
 # What the integration suite holds on the engine's disk at its peak (the torch image and the images
 # sharing its layers, bundles, a registry, a second engine's restores, wheel caches), with room to
 # spare: the peak measured is in README.md (Development). ENVKIT_TEST_MIN_FREE_GB overrides it.
-MIN_FREE_GB = float(os.environ.get("ENVKIT_TEST_MIN_FREE_GB", "45"))
+MIN_FREE_GB = float(os.environ.get("ENVKIT_TEST_MIN_FREE_GB", "32"))
 
 
 def check_engine_disk(client, need_gb: float = MIN_FREE_GB) -> None:  # type: ignore[no-untyped-def]
