@@ -3,13 +3,14 @@
 The engine builds only the small system image (apt packages, the user, envkit's files, the empty
 environment); it is sealed the usual way, layer by layer, which takes seconds at that size. The
 Python packages never pass through the engine's builder: `envkit.image.pylayers` streams them as
-layers straight into `docker load`, together with the sealed system layers, under one config.
+layers straight into the engine (`preload`, while the system part builds), and `compose_image`
+stacks them with the sealed system layers under one config.
 
-Layer order: the base, then NVIDIA's CUDA wheels and torch, then the system layers, then the rest
-of the Python set. CUDA and torch sit directly on the base so that every image with the same
-torch build shares them (same chain IDs, stored once by the engine and the registry); they touch
-only the environment's directory, which no system layer does, so the stack gives the same tree
-as installing in any other order.
+Layer order (`python_stack`): NVIDIA's CUDA wheels, the sealed base, torch, the rest of the Python
+set, then the system layers. Every image with the same torch build and base shares the first three
+(same chain IDs, stored once by the engine and the registry). The Python layers touch only the
+environment's directory, which no system layer writes into, so the stack gives the same tree as
+installing in any other order.
 
 A layer the engine already holds under the same chain is not sent at all: the digests of written
 layers are remembered by what they are made of (`LayerMemo`), so an unchanged CUDA or torch layer
@@ -41,14 +42,13 @@ from envkit.engine.dockerarchive import chain_ids, load_archive, load_error, rfc
 from envkit.engine.tarstream import END_OF_ARCHIVE, file_chunks, member
 from envkit.errors import IntegrityError
 from envkit.events import Show, phases
-from envkit.image.pylayers import CUDA, TORCH, LayerPlan, stream_layer
+from envkit.image.pylayers import CUDA, LayerPlan, stream_layer
 from envkit.image.seal import _save_and_rewrite, human_bytes
 from envkit.image.seal_policy import sealed_config
 from envkit.jsonio import canonical_bytes
 from envkit.state import state_root
 
 WRITER_VERSION = 1
-BELOW_SYSTEM = (CUDA, TORCH)  # groups stacked directly on the base
 
 
 class LayerMemo:
@@ -113,8 +113,8 @@ def compose_image(
 ) -> ComposeResult:
     """Seal `system_id`'s layers, stack the Python layers with them and load the image; its ID.
 
-    The system image is built on `base_ref`; the base's own layers are used as they are (they are
-    the bootstrapped root filesystem the lock records). Nothing is tagged.
+    The system image is built on `base_ref`; its layers, the base's included, are sealed, so that
+    sealing the composed image again changes none of them. Nothing is tagged.
     """
     say = phases(show)
     memo = memo or LayerMemo()
