@@ -529,7 +529,7 @@ def build_image(
         durations["python_wait"] = time.monotonic() - t0 - durations["build"]
         t0 = time.monotonic()
         yield Event("phase", "compose: the sealed system layers with the Python layers")
-        compose = _compose_side(client, plan, system_id, wheels, plans, fresh=nocache)
+        compose = _compose_side(client, plan, system_id, wheels, plans)
         composed = yield from _Background(compose, "envkit-compose").finish()
         durations["compose"] = time.monotonic() - t0
     finally:
@@ -542,7 +542,6 @@ def build_image(
     yield Event("phase", f"composed {composed.image_id[7:19]}: {sent} of {len(composed.layers)} layers sent "
                 f"({composed.sent_bytes / 1e9:.2f} GB)")
     final_id = composed.image_id
-    unsealed = client.images.get(system_id)
     image = client.images.get(final_id)
     tag_image(client, image.id, target)
     from envkit.image import sealcache
@@ -558,7 +557,7 @@ def build_image(
         lock_source=plan.lock_source,
         base_ref=plan.base_ref,
         cached_steps=cached,
-        unsealed_id=unsealed.id,
+        unsealed_id=system_id,
         sealed=True,
         wheels_downloaded=wheels.downloaded,
         layers=composed.layers,
@@ -653,23 +652,25 @@ def _python_side(
         plans = plan_groups(wheels.link_dir(workdir / "wheels"), scheme, owner=spec.user.uid,
                             epoch=spec.source_date_epoch)
         preloaded = preload(client, plan.base_ref, plans, wheels.digests, epoch=spec.source_date_epoch,
-                            workdir=workdir,
-                            show=put, progress=lambda n, d, t: put(Event("bytes", n, step=d, total=t)),
-                            fresh=fresh)
+                            workdir=workdir, show=put, progress=_bytes_to(put), fresh=fresh)
         return wheels, plans, preloaded
 
     return work
 
 
+def _bytes_to(put: Callable[[Event], None]) -> Callable[[str, int, int], None]:
+    """A layer writer's progress (name, bytes done, bytes in all) as ``bytes`` events."""
+    return lambda name, done, total: put(Event("bytes", name, step=done, total=total))
+
+
 def _compose_side(client: docker.DockerClient, plan: BuildPlan, system_id: str, wheels: CachedWheels,
-                  plans: list[Any], *, fresh: bool) -> Callable[..., Any]:
+                  plans: list[Any]) -> Callable[..., Any]:
     from envkit.image.compose import compose_image
 
     def work(put: Callable[[Event], None]) -> Any:
         return compose_image(
             client, system_id, plans, wheels.digests, base_ref=plan.base_ref,
-            epoch=plan.spec.source_date_epoch, show=put,
-            progress=lambda n, d, t: put(Event("bytes", n, step=d, total=t)), fresh=fresh,
+            epoch=plan.spec.source_date_epoch, show=put, progress=_bytes_to(put),
         )
 
     return work

@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from envkit.engine.tarstream import END_OF_ARCHIVE, file_chunks, member
 from envkit.errors import IntegrityError
 from envkit.events import Show, phases
 from envkit.image.pylayers import CUDA, LayerPlan, stream_layer
-from envkit.image.seal import _save_and_rewrite, human_bytes
+from envkit.image.seal import _save_and_rewrite
 from envkit.image.seal_policy import sealed_config
 from envkit.jsonio import canonical_bytes
 from envkit.state import state_root
@@ -109,7 +109,6 @@ def compose_image(
     show: Show | None = None,
     tmp_dir: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
-    fresh: bool = False,
 ) -> ComposeResult:
     """Seal `system_id`'s layers, stack the Python layers with them and load the image; its ID.
 
@@ -165,16 +164,15 @@ def _mark_sent(parts: list[Part], present: set[str]) -> None:
     """A layer is sent unless its digest, and those of all below it, are known and the engine holds
     that chain. Once one digest is unknown, every chain above it is new too."""
     known: list[str] = []
-    for part in parts:
-        if part.diff_id is None or len(known) < parts.index(part):
+    for index, part in enumerate(parts):
+        if part.diff_id is None or len(known) < index:
             part.sent = True
             continue
         known.append(part.diff_id)
         part.sent = chain_ids(known)[-1] not in present
 
 
-def _history(history: list[dict[str, Any]], base_layers: int, stack: list[Part],
-             epoch: int | None = None) -> list[dict[str, Any]]:
+def _history(history: list[dict[str, Any]], base_layers: int, stack: list[Part]) -> list[dict[str, Any]]:
     """The system image's history with the Python layers' entries where they sit in `stack` (the
     layers up to the first system one), the base's own entries kept in place."""
     created = history[0].get("created") if history else None
@@ -214,6 +212,27 @@ def _finish(config: dict[str, Any], history: list[dict[str, Any]], diff_ids: lis
     return box["config"]
 
 
+def _written(part: Part, progress: Callable[[str, int, int], None] | None) -> Iterator[bytes]:
+    """A Python layer's bytes as envkit writes them, reporting progress; at the end its size must
+    be the planned one, its digest the remembered one if any, and `part.diff_id` becomes it."""
+    assert part.plan is not None
+    sha = hashlib.sha256()
+    done = 0
+    for chunk in stream_layer(part.plan):
+        sha.update(chunk)
+        done += len(chunk)
+        if progress:
+            progress(part.name, done, part.size)
+        yield chunk
+    if done != part.size:
+        raise IntegrityError(f"layer {part.name} came to {done} bytes, {part.size} planned")
+    digest = "sha256:" + sha.hexdigest()
+    if part.diff_id and part.diff_id != digest:
+        raise IntegrityError(f"layer {part.name} is {digest}, remembered as {part.diff_id}",
+                             hint="remove envkit's layer memo (its state directory, layers/)")
+    part.diff_id = digest
+
+
 def _archive(parts: list[Part], finish: Callable[[list[str]], bytes],
              progress: Callable[[str, int, int], None] | None) -> Iterator[bytes]:
     """The docker-archive: the layers to send, then the config and the manifest."""
@@ -228,21 +247,7 @@ def _archive(parts: list[Part], finish: Callable[[list[str]], bytes],
         if part.plan is None:
             yield from file_chunks(part.path, part.size, label="sealed layer")
             continue
-        sha = hashlib.sha256()
-        done = 0
-        for chunk in stream_layer(part.plan):
-            sha.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(part.name, done, part.size)
-            yield chunk
-        if done != part.size:
-            raise IntegrityError(f"layer {part.name} came to {done} bytes, {part.size} planned")
-        digest = "sha256:" + sha.hexdigest()
-        if part.diff_id and part.diff_id != digest:
-            raise IntegrityError(f"layer {part.name} is {digest}, remembered as {part.diff_id}",
-                                 hint="remove envkit's layer memo (its state directory, layers/)")
-        part.diff_id = digest
+        yield from _written(part, progress)
         yield b"\0" * ((-part.size) % 512)
     config = finish([p.diff_id or "" for p in parts])
     config_name = hashlib.sha256(config).hexdigest() + ".json"
@@ -346,7 +351,7 @@ def preload(
         return _finish(config, config["history"], ids, box)
 
     if len(parts) > 1 and any(p.sent for p in parts[1:]):
-        to_send = [Part(p.name, p.path, p.size, p.plan, p.memo_key, p.diff_id, p.sent) for p in parts]
+        to_send = [replace(p) for p in parts]
         to_send[0].sent = False  # the import brings it
         loaded = load_archive(client, _archive(to_send, finish, progress))
         for part, sent in zip(parts[1:], to_send[1:], strict=True):
@@ -365,23 +370,11 @@ def preload(
 def _import_layer(client: docker.DockerClient, part: Part,
                   progress: Callable[[str, int, int], None] | None) -> str:
     """`docker import` one Python layer as a parentless image; its ID. Sets `part.diff_id`."""
-    assert part.plan is not None
-    sha = hashlib.sha256()
-
-    def chunks() -> Iterator[bytes]:
-        done = 0
-        for chunk in stream_layer(part.plan):  # type: ignore[arg-type]
-            sha.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(part.name, done, part.size)
-            yield chunk
-
     try:
-        answer = client.api.import_image_from_stream(chunks())
+        answer = client.api.import_image_from_stream(_written(part, progress))
     except docker.errors.APIError as exc:
         raise load_error(str(exc.explanation or exc)) from exc
-    digest = "sha256:" + sha.hexdigest()
+    digest = part.diff_id
     image_id = ""
     for line in str(answer).splitlines():
         try:
@@ -393,9 +386,6 @@ def _import_layer(client: docker.DockerClient, part: Part,
     layers = (inspect_image(client, image_id).get("RootFS") or {}).get("Layers") if image_id else None
     if layers != [digest]:
         raise IntegrityError(f"the engine imported {part.name} as {layers}, envkit wrote {digest}")
-    if part.diff_id and part.diff_id != digest:
-        raise IntegrityError(f"layer {part.name} is {digest}, remembered as {part.diff_id}")
-    part.diff_id = digest
     return image_id
 
 
@@ -411,4 +401,4 @@ def forget(client: docker.DockerClient, image_ids: list[str], *, keep: str) -> N
             continue
 
 
-__all__ = ["ComposeResult", "LayerMemo", "base_diff_ids", "compose_image", "forget", "human_bytes", "preload"]
+__all__ = ["ComposeResult", "LayerMemo", "base_diff_ids", "compose_image", "forget", "preload"]

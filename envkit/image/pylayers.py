@@ -22,7 +22,6 @@ its first import and, since the environment belongs to the image's user, keeps t
 from __future__ import annotations
 
 import configparser
-import hashlib
 import posixpath
 import re
 import zipfile
@@ -267,16 +266,6 @@ def _checked(archive: zipfile.ZipFile, entry: Entry) -> Iterator[bytes]:
     if sent != entry.size:
         name = entry.wheel.name if entry.wheel else "?"
         raise IntegrityError(f"{name}: {entry.zip_name} is {sent} bytes, {entry.size} planned")
-
-
-def layer_digest(plan: LayerPlan) -> tuple[str, int]:
-    """(diff ID, size) of the layer, computed by streaming it."""
-    sha = hashlib.sha256()
-    size = 0
-    for chunk in stream_layer(plan):
-        sha.update(chunk)
-        size += len(chunk)
-    return "sha256:" + sha.hexdigest(), size
 
 
 def plan_groups(wheel_dir: Path, scheme: Scheme, *, owner: int, epoch: int) -> list[LayerPlan]:

@@ -25,7 +25,6 @@ from envkit.events import Event, done
 from envkit.lock.python import parse_locked
 from envkit.state import state_root
 
-CHUNK = 4 << 20
 # The newest glibc of each Debian suite: the manylinux tags its Python accepts go down from there.
 GLIBC_MINOR = {"bullseye": 31, "bookworm": 36, "trixie": 41}
 
@@ -89,9 +88,13 @@ class CachedWheels:
     """The locked set, each wheel checked: file name -> path, and file name -> sha256."""
 
     paths: dict[str, Path]
-    digests: dict[str, str]
     downloaded: int
     downloaded_bytes: int
+
+    @property
+    def digests(self) -> dict[str, str]:
+        """File name -> sha256: the cache keeps each wheel in a folder named by its digest."""
+        return {name: path.parent.name for name, path in self.paths.items()}
 
     def link_dir(self, root: Path) -> Path:
         """A directory of symlinks to exactly these wheels (what the layer planner reads)."""
@@ -162,8 +165,7 @@ def ensure_wheels(
             raise IntegrityError(f"the download lacks {', '.join(still[:8])}")
         yield Event("download", f"wheels: downloaded {len(missing)} ({downloaded_bytes / 1e9:.2f} GB)")
     paths = {p.name: p for p in found.values()}
-    digests = {p.name: p.parent.name for p in found.values()}
-    wheels = CachedWheels(paths, digests, len(missing), downloaded_bytes)
+    wheels = CachedWheels(paths, len(missing), downloaded_bytes)
     yield done("wheels ready", wheels)
 
 

@@ -18,7 +18,6 @@ from envkit.image.pylayers import (
     REST,
     TORCH,
     group_of,
-    layer_digest,
     plan_groups,
     plan_layer,
     stream_layer,
@@ -32,6 +31,11 @@ SITE = "opt/venv/lib/python3.11/site-packages"
 
 def _hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def layer_digest(plan: object) -> str:
+    """The layer's diff ID, from the bytes `stream_layer` gives."""
+    return "sha256:" + hashlib.sha256(b"".join(stream_layer(plan))).hexdigest()  # type: ignore[arg-type]
 
 
 def make_wheel(folder: Path, name: str, version: str, files: dict[str, bytes], *,
