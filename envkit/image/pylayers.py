@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import configparser
 import posixpath
-import re
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from email.parser import HeaderParser
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from envkit.engine.tarstream import COPY_CHUNK, END_OF_ARCHIVE, member, padding
 from envkit.errors import IntegrityError, UsageError
@@ -76,15 +79,9 @@ def torch_cuda_names(wheels: Sequence[Path]) -> frozenset[str]:
         with zipfile.ZipFile(path) as archive:
             dist_info = _dist_info_dir([i.filename for i in archive.infolist()])
             text = archive.read(f"{dist_info}/METADATA").decode("utf-8", "replace")
-        names = set()
-        for line in text.splitlines():
-            if not line.strip():
-                break  # the headers end at the first blank line
-            if line.startswith("Requires-Dist:"):
-                match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line.split(":", 1)[1])
-                if match and normalize(match.group(1)).startswith("nvidia-"):
-                    names.add(normalize(match.group(1)))
-        return frozenset(names)
+        requires = HeaderParser().parsestr(text, headersonly=True).get_all("Requires-Dist") or []
+        names = (canonicalize_name(Requirement(line).name) for line in requires)
+        return frozenset(name for name in names if name.startswith("nvidia-"))
     return frozenset()
 
 

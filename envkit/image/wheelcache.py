@@ -125,7 +125,7 @@ def ensure_wheels(
 ) -> Iterator[Event]:
     """Make sure every wheel of `requirements` is in the cache, downloading what is missing.
 
-    Yields progress events; the last is ``done`` with ``data["wheels"]`` a CachedWheels.
+    Yields progress events; the last is ``done`` carrying a CachedWheels (`envkit.events.done`).
     """
     root = root or cache_root()
     locked = parse_locked(requirements)
