@@ -69,7 +69,7 @@ def download_wheels(
     if result.returncode != 0:
         tail = "\n".join(result.stderr.strip().splitlines()[-15:])
         if "No module named pip" in result.stderr:
-            raise UsageError("envkit bundle downloads wheels with pip, which this Python lacks",
+            raise UsageError("envkit downloads wheels with pip, which this Python lacks",
                              hint="install pip beside envkit")
         if "DO NOT MATCH THE HASHES" in result.stderr.upper():
             raise IntegrityError(_hash_message(result.stderr), details=tail,
