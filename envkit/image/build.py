@@ -507,37 +507,55 @@ def build_image(
             return
     if plan.requirements is None:
         raise ValueError("a build needs the locked requirements")
+    from envkit.image.compose import SystemMemo, SystemNotHeld, forget
+
+    systems = SystemMemo()
+    key = system_key(client, plan)
+    remembered = None if nocache else systems.get(key)
     # The host fetches the wheels and loads the CUDA and torch layers while the engine builds the
-    # system part; then the two are composed into the image (envkit.image.compose).
+    # system part (unless an earlier build made the same one); then the two are composed into the
+    # image (envkit.image.compose).
     workdir = Path(tempfile.mkdtemp(prefix="envkit-build-"))
+    system_id = ""
+    cached = 0
     try:
         python = _Background(_python_side(client, plan, workdir, fresh=nocache), "envkit-python-layers")
-        yield Event("phase", f"build the system part of {target}; the Python layers are written meanwhile")
+        if remembered is None:
+            yield Event("phase", f"build the system part of {target}; the Python layers are written "
+                        "meanwhile")
+            t0 = time.monotonic()
+            system_id, cached = yield from _system_build(client, plan, python, nocache=nocache,
+                                                         network_mode=network_mode, buildargs=buildargs)
+            durations["build"] = time.monotonic() - t0
+        else:
+            yield Event("phase", f"system part unchanged since an earlier build ({len(remembered.layers)} "
+                        "sealed layers remembered): the engine builds nothing")
+            durations["build"] = 0.0
         t0 = time.monotonic()
-        system_id = ""
-        cached = 0
-        for event in _stream_build(client, plan, nocache=nocache, network_mode=network_mode,
-                                   buildargs=buildargs):
-            if event.kind == "done":
-                system_id = client.images.get(event.data["image_id"]).id
-                cached = event.data["cached_steps"]
-            else:
-                yield event
-            yield from python.pending()
-        durations["build"] = time.monotonic() - t0
         wheels, plans, preloaded = yield from python.finish()
-        durations["python_wait"] = time.monotonic() - t0 - durations["build"]
+        durations["python_wait"] = time.monotonic() - t0
         t0 = time.monotonic()
         yield Event("phase", "compose: the sealed system layers with the Python layers")
-        compose = _compose_side(client, plan, system_id, wheels, plans)
-        composed = yield from _Background(compose, "envkit-compose").finish()
+        try:
+            composed = yield from _Background(
+                _compose_side(client, plan, system_id, remembered, wheels, plans, workdir), "envkit-compose"
+            ).finish()
+        except SystemNotHeld as exc:
+            yield Event("phase", f"the engine no longer holds the remembered system layers ({exc}): "
+                        "building the system part")
+            system_id, cached = yield from _system_build(client, plan, None, nocache=nocache,
+                                                         network_mode=network_mode, buildargs=buildargs)
+            composed = yield from _Background(
+                _compose_side(client, plan, system_id, None, wheels, plans, workdir), "envkit-compose"
+            ).finish()
         durations["compose"] = time.monotonic() - t0
+        if system_id:
+            systems.put(key, composed.system)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    from envkit.image.compose import forget
-
-    forget(client, preloaded, keep=composed.image_id)
-    _keep_system_cache(client, target, system_id)
+    # The engine's build of the system part and the helper images are not kept: the image holds
+    # the sealed layers, and the memo above stands in for the engine's build cache.
+    forget(client, [*preloaded, *([system_id] if system_id else [])], keep=composed.image_id)
     sent = sum(1 for layer in composed.layers if layer["sent"])
     yield Event("phase", f"composed {composed.image_id[7:19]}: {sent} of {len(composed.layers)} layers sent "
                 f"({composed.sent_bytes / 1e9:.2f} GB)")
@@ -605,26 +623,38 @@ class _Background:
         return self._outcome["result"]
 
 
-CACHE_REPO = "envkit-cache/system"
+def _system_build(
+    client: docker.DockerClient, plan: BuildPlan, python: _Background | None, *, nocache: bool,
+    network_mode: str | None, buildargs: dict[str, str] | None,
+) -> Generator[Event, None, tuple[str, int]]:
+    """The engine's build of the system part, with the Python side's events in between; its image
+    ID and how many steps came from the engine's cache."""
+    system_id, cached = "", 0
+    for event in _stream_build(client, plan, nocache=nocache, network_mode=network_mode, buildargs=buildargs):
+        if event.kind == "done":
+            system_id = client.images.get(event.data["image_id"]).id
+            cached = event.data["cached_steps"]
+        else:
+            yield event
+        if python is not None:
+            yield from python.pending()
+    return system_id, cached
 
 
-def _keep_system_cache(client: docker.DockerClient, target: str, system_id: str) -> None:
-    """Keep the engine's build of the system part (about half a GB) as the cache of the next build
-    of `target`, under a tag of its own, and drop the one it replaces: builds leave one such image
-    per target, never a trail of untagged ones."""
-    name = "-".join(part for part in re.split(r"[^a-z0-9]+", target.lower()) if part)[:120] or "image"
-    ref = f"{CACHE_REPO}:{name}"
-    try:
-        old = client.api.inspect_image(ref)["Id"]
-    except docker.errors.NotFound:
-        old = None
-    tag_image(client, system_id, ref)
-    if old and old != system_id:
-        try:
-            if not client.api.inspect_image(old).get("RepoTags"):
-                client.api.remove_image(old, noprune=False)
-        except docker.errors.APIError:
-            pass
+def system_key(client: docker.DockerClient, plan: BuildPlan) -> str:
+    """A digest of what the sealed system part is made of: the base by its local image ID, the
+    platform, the Dockerfile's instructions without the labels, and its files. Not the Python lock
+    nor the image's name: those reach only the labels, which are set when the image is composed."""
+    from envkit.image.render import system_recipe
+    from envkit.image.seal_policy import POLICY_VERSION
+
+    context = make_context(plan)
+    files = BuildContext({name: data for name, data in context.files.items()
+                          if name not in ("Dockerfile", "build/requirements.txt")})
+    base_id = client.images.get(plan.base_ref).id
+    text = "\n".join(["envkit-system/1", f"seal-policy/{POLICY_VERSION}", base_id, plan.spec.platform,
+                      files.digest(), system_recipe(plan.render_input)])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _suite(plan: BuildPlan) -> str:
@@ -663,15 +693,27 @@ def _bytes_to(put: Callable[[Event], None]) -> Callable[[str, int, int], None]:
     return lambda name, done, total: put(Event("bytes", name, step=done, total=total))
 
 
-def _compose_side(client: docker.DockerClient, plan: BuildPlan, system_id: str, wheels: CachedWheels,
-                  plans: list[Any]) -> Callable[..., Any]:
-    from envkit.image.compose import compose_image
+def _compose_side(client: docker.DockerClient, plan: BuildPlan, system_id: str, remembered: Any,
+                  wheels: CachedWheels, plans: list[Any], workdir: Path) -> Callable[..., Any]:
+    """Compose the image from the system part (`remembered`, or the engine's `system_id` sealed
+    now) and the Python layers; the result carries the sealed system part for the memo."""
+    from envkit.image.compose import compose_image, seal_system
+    from envkit.image.render import labels_for
 
     def work(put: Callable[[Event], None]) -> Any:
-        return compose_image(
-            client, system_id, plans, wheels.digests, base_ref=plan.base_ref,
-            epoch=plan.spec.source_date_epoch, show=put, progress=_bytes_to(put),
+        epoch = plan.spec.source_date_epoch
+        if remembered is not None:
+            system = remembered
+        else:
+            sealdir = tempfile.mkdtemp(prefix="seal-", dir=workdir)
+            system = seal_system(client, system_id, base_ref=plan.base_ref, epoch=epoch, workdir=sealdir,
+                                 show=put)
+        composed = compose_image(
+            client, system, plans, wheels.digests, labels=labels_for(plan.render_input),
+            base_ref=plan.base_ref, show=put, progress=_bytes_to(put),
         )
+        composed.system = system
+        return composed
 
     return work
 

@@ -6,11 +6,17 @@ Python packages never pass through the engine's builder: `envkit.image.pylayers`
 layers straight into the engine (`preload`, while the system part builds), and `compose_image`
 stacks them with the sealed system layers under one config.
 
-Layer order (`python_stack`): NVIDIA's CUDA wheels, the sealed base, torch, the rest of the Python
-set, then the system layers. Every image with the same torch build and base shares the first three
-(same chain IDs, stored once by the engine and the registry). The Python layers touch only the
-environment's directory, which no system layer writes into, so the stack gives the same tree as
-installing in any other order.
+Layer order (`python_stack`): NVIDIA's CUDA wheels, the sealed base, torch, the system layers,
+then the rest of the Python set. Every image with the same torch build and base shares the first
+three (same chain IDs, stored once by the engine and the registry); images with the same system
+part share it too, so a change to a small Python dependency changes only the top layer. The Python
+layers touch only the environment's files, which no system layer writes (the system part makes
+the empty environment), so the stack gives the same tree as installing in any other order.
+
+The sealed system part is remembered by its recipe (`SystemMemo`): the Dockerfile's instructions
+without the labels, its files and the base. A later build with the same recipe, another name or
+another Python lock, builds nothing on the engine when the engine still holds those layers; the
+labels are set by `relabel` on both paths, so either gives the same image.
 
 A layer the engine already holds under the same chain is not sent at all: the digests of written
 layers are remembered by what they are made of (`LayerMemo`), so an unchanged CUDA or torch layer
@@ -24,8 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,12 +41,13 @@ import docker
 import docker.errors
 
 from envkit.atomic import write_bytes
+from envkit.engine.archive import DIGEST_RE
 from envkit.engine.client import engine_chains, image_exists, inspect_image
 from envkit.engine.dockerarchive import chain_ids, load_archive, load_error, rfc3339
 from envkit.engine.tarstream import END_OF_ARCHIVE, file_chunks, member
 from envkit.errors import IntegrityError
 from envkit.events import Show, phases
-from envkit.image.pylayers import CUDA, LayerPlan, stream_layer
+from envkit.image.pylayers import CUDA, TORCH, LayerPlan, stream_layer
 from envkit.image.seal import _save_and_rewrite
 from envkit.image.seal_policy import sealed_config
 from envkit.jsonio import canonical_bytes
@@ -76,6 +81,61 @@ class LayerMemo:
         write_bytes(self.root / f"{key}.json", json.dumps({"diff_id": diff_id}).encode())
 
 
+SYSTEM_MEMO_VERSION = 1
+
+
+@dataclass
+class SystemPart:
+    """The sealed system part: its config, the sealed base layers and the layers above the base.
+    Parts carry their files when the engine has just built them; remembered ones carry only digests."""
+
+    config: dict[str, Any]
+    base: list[Part]
+    layers: list[Part]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": SYSTEM_MEMO_VERSION, "config": self.config,
+                "base": [p.diff_id for p in self.base], "layers": [p.diff_id for p in self.layers]}
+
+
+class SystemMemo:
+    """Sealed system parts by the digest of their recipe (`envkit.image.build.system_key`)."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or state_root() / "systems"
+
+    def get(self, key: str) -> SystemPart | None:
+        """The remembered part, or None; a file that is not exactly what `put` writes is ignored."""
+        try:
+            data = json.loads((self.root / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("version") != SYSTEM_MEMO_VERSION:
+            return None
+        config, base, layers = data.get("config"), data.get("base"), data.get("layers")
+        if not isinstance(config, dict) or not isinstance(base, list) or not isinstance(layers, list):
+            return None
+        digests = [*base, *layers]
+        if not digests or not all(isinstance(d, str) and DIGEST_RE.fullmatch(d) for d in digests):
+            return None
+        rootfs = config.get("rootfs")
+        if not isinstance(rootfs, dict) or rootfs.get("diff_ids") != digests:
+            return None
+        return SystemPart(
+            config=config,
+            base=[Part(f"base-{i}", diff_id=d) for i, d in enumerate(base, 1)],
+            layers=[Part(f"system-{i}", diff_id=d) for i, d in enumerate(layers, len(base) + 1)],
+        )
+
+    def put(self, key: str, part: SystemPart) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_bytes(self.root / f"{key}.json", canonical_bytes(part.to_json()))
+
+
+class SystemNotHeld(Exception):
+    """A remembered system part whose layers the engine no longer holds where the image needs them."""
+
+
 @dataclass
 class Part:
     """One layer of the composed image: a sealed system layer file, or a Python layer plan."""
@@ -95,69 +155,97 @@ class ComposeResult:
     layers: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     sent_bytes: int = 0
+    system: SystemPart | None = None  # the sealed system part it was composed with
+
+
+def seal_system(client: docker.DockerClient, system_id: str, *, base_ref: str, epoch: int, workdir: str,
+                show: Show | None = None) -> SystemPart:
+    """Seal the layers of the system image the engine built on `base_ref` into `workdir`.
+
+    Every layer is sealed, the base's too (as `preload` seals it), so that sealing the composed
+    image again (a drift layer on top) gives the same layers: the seal is idempotent."""
+    say = phases(show)
+    say(f"sealing the system layers of {system_id[7:19]}")
+    saved = _save_and_rewrite(client, system_id, workdir, epoch, say)
+    results = list(saved.layers)
+    digests = [r.diff_id if r.entries > 0 else None for r, _ in results]
+    config = json.loads(sealed_config(saved.config, digests, epoch))
+    base_layers = len(base_diff_ids(client, base_ref))
+    sealed = [(r, p) for r, p in results if r.entries > 0]
+    return SystemPart(
+        config=config,
+        base=[Part(f"base-{i}", path=p, size=os.path.getsize(p), diff_id=r.diff_id)
+              for i, (r, p) in enumerate(sealed[:base_layers], 1)],
+        layers=[Part(f"system-{i}", path=p, size=os.path.getsize(p), diff_id=r.diff_id)
+                for i, (r, p) in enumerate(sealed[base_layers:], base_layers + 1)],
+    )
+
+
+def relabel(config: dict[str, Any], base_labels: dict[str, str], labels: dict[str, str]) -> dict[str, Any]:
+    """`config` with the base's labels and `labels` as its labels, and its LABEL history entry
+    written by envkit. The engine's build and a remembered system part both go through here, so
+    the image does not depend on which of the two gave the config."""
+    new = dict(config)
+    runtime = dict(new.get("config") or {})
+    runtime["Labels"] = {**base_labels, **labels}
+    new["config"] = runtime
+    history = [dict(item) for item in new.get("history") or []]
+    marker = "#(nop)  LABEL "
+    for item in reversed(history):
+        text = str(item.get("created_by", ""))
+        if marker in text:
+            prefix = text.split(marker, 1)[0]
+            item["created_by"] = prefix + marker + " ".join(f"{k}={v}" for k, v in labels.items())
+            break
+    new["history"] = history
+    return new
 
 
 def compose_image(
     client: docker.DockerClient,
-    system_id: str,
+    system: SystemPart,
     plans: list[LayerPlan],
     wheel_digests: dict[str, str],
     *,
+    labels: dict[str, str],
     base_ref: str,
-    epoch: int,
     memo: LayerMemo | None = None,
     show: Show | None = None,
-    tmp_dir: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> ComposeResult:
-    """Seal `system_id`'s layers, stack the Python layers with them and load the image; its ID.
+    """Stack the Python layers with the sealed system part and load the image; its ID.
 
-    The system image is built on `base_ref`; its layers, the base's included, are sealed, so that
-    sealing the composed image again changes none of them. Nothing is tagged.
-    """
+    Nothing is tagged. A remembered system part (no files) whose layers would have to be sent
+    raises SystemNotHeld before anything is loaded; the caller builds it on the engine then."""
     say = phases(show)
     memo = memo or LayerMemo()
     started = time.monotonic()
-    config: dict[str, Any]
-    workdir = tempfile.mkdtemp(prefix="envkit-compose-", dir=tmp_dir)
-    try:
-        say(f"sealing the system layers of {system_id[7:19]}")
-        saved = _save_and_rewrite(client, system_id, workdir, epoch, say)
-        results = list(saved.layers)
-        digests = [r.diff_id if r.entries > 0 else None for r, _ in results]
-        config = json.loads(sealed_config(saved.config, digests, epoch))
-        base = base_diff_ids(client, base_ref)
-        base_layers = len(base)
-        # Every layer sealed, the base's too (as `preload` seals it), so that sealing the image
-        # again (a drift layer on top) gives the same layers: the seal is idempotent.
-        sealed = [(r, p) for r, p in results if r.entries > 0]
-        base_parts = [Part(f"base-{i}", path=p, size=os.path.getsize(p), diff_id=r.diff_id)
-                      for i, (r, p) in enumerate(sealed[:base_layers], 1)]
-        system = [Part(f"system-{i}", path=p, size=os.path.getsize(p), diff_id=r.diff_id)
-                  for i, (r, p) in enumerate(sealed[base_layers:], base_layers + 1)]
-        python = python_parts(plans, wheel_digests, memo, fresh=False)
-        stack = python_stack(python, base_parts)
-        parts = stack + system
-        history = _history(config["history"], base_layers, stack)
-        _mark_sent(parts, engine_chains(client))
-        say("loading: " + ", ".join(f"{p.name} {'sent' if p.sent else 'held'}" for p in parts))
-        box: dict[str, bytes] = {}
-        stream = _archive(parts, lambda ids: _finish(config, history, ids, box), progress)
-        loaded = load_archive(client, stream)
-        image_id = "sha256:" + hashlib.sha256(box["config"]).hexdigest()
-        if image_id not in loaded and not image_exists(client, image_id):
-            raise IntegrityError(f"the engine loaded {loaded or 'nothing'}, expected {image_id}")
-        for part in python:
-            if part.diff_id:
-                memo.put(part.memo_key, part.diff_id)
-        return ComposeResult(
-            image_id=image_id,
-            layers=[{"name": p.name, "diff_id": p.diff_id, "size": p.size, "sent": p.sent} for p in parts],
-            seconds=time.monotonic() - started,
-            sent_bytes=sum(p.size for p in parts if p.sent),
-        )
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    base_labels = dict(inspect_image(client, base_ref).get("Config", {}).get("Labels") or {})
+    config = relabel(system.config, base_labels, labels)
+    python = python_parts(plans, wheel_digests, memo, fresh=False)
+    below, above = python_stack(python, system.base)
+    parts = below + system.layers + above
+    history = _history(config["history"], len(system.base), below, above)
+    _mark_sent(parts, engine_chains(client))
+    missing = [p.name for p in parts if p.sent and p.plan is None and not p.path]
+    if missing:
+        raise SystemNotHeld(", ".join(missing))
+    say("loading: " + ", ".join(f"{p.name} {'sent' if p.sent else 'held'}" for p in parts))
+    box: dict[str, bytes] = {}
+    stream = _archive(parts, lambda ids: _finish(config, history, ids, box), progress)
+    loaded = load_archive(client, stream)
+    image_id = "sha256:" + hashlib.sha256(box["config"]).hexdigest()
+    if image_id not in loaded and not image_exists(client, image_id):
+        raise IntegrityError(f"the engine loaded {loaded or 'nothing'}, expected {image_id}")
+    for part in python:
+        if part.diff_id:
+            memo.put(part.memo_key, part.diff_id)
+    return ComposeResult(
+        image_id=image_id,
+        layers=[{"name": p.name, "diff_id": p.diff_id, "size": p.size, "sent": p.sent} for p in parts],
+        seconds=time.monotonic() - started,
+        sent_bytes=sum(p.size for p in parts if p.sent),
+    )
 
 
 def _mark_sent(parts: list[Part], present: set[str]) -> None:
@@ -172,9 +260,10 @@ def _mark_sent(parts: list[Part], present: set[str]) -> None:
         part.sent = chain_ids(known)[-1] not in present
 
 
-def _history(history: list[dict[str, Any]], base_layers: int, stack: list[Part]) -> list[dict[str, Any]]:
-    """The system image's history with the Python layers' entries where they sit in `stack` (the
-    layers up to the first system one), the base's own entries kept in place."""
+def _history(history: list[dict[str, Any]], base_layers: int, below: list[Part],
+             above: list[Part]) -> list[dict[str, Any]]:
+    """The system image's history with the Python layers' entries where they sit: those of `below`
+    around the base's own entries, those of `above` after the last system layer's entry."""
     created = history[0].get("created") if history else None
 
     def entry(part: Part) -> dict[str, Any]:
@@ -192,15 +281,17 @@ def _history(history: list[dict[str, Any]], base_layers: int, stack: list[Part])
         split = index + 1
         if not item.get("empty_layer"):
             seen += 1
-    base_entries, rest = history[:split], history[split:]
+    base_entries, system = history[:split], history[split:]
     out: list[dict[str, Any]] = []
-    for part in stack:
+    for part in below:
         if part.plan is not None:
             out.append(entry(part))
         elif base_entries:
             out.extend(base_entries)
             base_entries = []
-    return out + base_entries + rest
+    out += base_entries
+    last = max((i for i, item in enumerate(system) if not item.get("empty_layer")), default=-1)
+    return out + system[: last + 1] + [entry(p) for p in above] + system[last + 1:]
 
 
 def _finish(config: dict[str, Any], history: list[dict[str, Any]], diff_ids: list[str],
@@ -272,15 +363,19 @@ def python_parts(plans: list[LayerPlan], wheel_digests: dict[str, str], memo: La
     return out
 
 
-def python_stack(python: list[Part], base: list[Part]) -> list[Part]:
-    """The layers below the system ones: CUDA, the base, torch, the rest of the Python set.
+def python_stack(python: list[Part], base: list[Part]) -> tuple[list[Part], list[Part]]:
+    """The layers below the system ones (CUDA, the base, torch) and those above (the rest of the
+    Python set).
 
     The CUDA layer, the largest, is at the very bottom because a layer with no parent can be given
     to the engine with `docker import`, which stores it in one pass, where `docker load` writes every
-    byte twice. It and the base touch different paths, so the order changes nothing in the tree."""
+    byte twice. It and the base touch different paths, so the order changes nothing in the tree.
+    The rest of the Python set, which changes most often, is on top: a new version of a small
+    dependency leaves every layer below it, the system part's included, as it was."""
     cuda = [p for p in python if p.plan is not None and p.plan.group == CUDA]
-    others = [p for p in python if p not in cuda]
-    return cuda + base + others
+    torch = [p for p in python if p.plan is not None and p.plan.group == TORCH]
+    rest = [p for p in python if p not in cuda and p not in torch]
+    return cuda + base + torch, rest
 
 
 def preload(
@@ -296,9 +391,9 @@ def preload(
     progress: Callable[[str, int, int], None] | None = None,
     fresh: bool = False,
 ) -> list[str]:
-    """Put the Python layers and the base into the engine as untagged images of their own while it
-    builds the system part; `compose_image` then finds their chain held and sends only the system
-    layers. The CUDA layer goes in by `docker import` while the rest streams into `docker load`.
+    """Put the layers below the system part (CUDA, the base, torch) into the engine as untagged
+    images of their own while it builds the system part; `compose_image` then finds their chain
+    held. The CUDA layer goes in by `docker import` while the others stream into `docker load`.
 
     Returns the IDs of the helper images (for `forget`); nothing when the engine holds them all.
     `fresh` (a --no-cache build) writes and sends the layers even so, so that their digests are
@@ -312,7 +407,7 @@ def preload(
     sealed_base = _save_and_rewrite(client, base_ref, str(workdir), epoch, say).layers
     base_parts = [Part(f"base-{i}", path=p, size=os.path.getsize(p), diff_id=r.diff_id)
                   for i, (r, p) in enumerate(sealed_base, 1) if r.entries > 0]
-    parts = python_stack(python, base_parts)
+    parts, _ = python_stack(python, base_parts)
     _mark_sent(parts, engine_chains(client))
     if not any(p.sent for p in parts):
         say("Python layers: already on the engine")
@@ -401,4 +496,5 @@ def forget(client: docker.DockerClient, image_ids: list[str], *, keep: str) -> N
             continue
 
 
-__all__ = ["ComposeResult", "LayerMemo", "base_diff_ids", "compose_image", "forget", "preload"]
+__all__ = ["ComposeResult", "LayerMemo", "SystemMemo", "SystemNotHeld", "SystemPart", "base_diff_ids",
+           "compose_image", "forget", "preload", "relabel", "seal_system"]

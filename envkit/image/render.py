@@ -124,7 +124,7 @@ def _pinned(requested: list[str], pins: dict[str, str]) -> list[str]:
     return [f"{name}={version}" for name, version in sorted(pins.items())]
 
 
-def template_context(data: RenderInput) -> dict[str, Any]:
+def template_context(data: RenderInput, *, labels: bool = True) -> dict[str, Any]:
     spec = data.spec
     # The image also carries what makes its venv: the venv module and pip's wheel (the lock's
     # "builder" set, from when a separate stage made the environment).
@@ -148,10 +148,19 @@ def template_context(data: RenderInput) -> dict[str, Any]:
         "uid": spec.user.uid,
         "require_cuda": require_cuda,
         "env": sorted(spec.env.items()),
-        "labels": list(labels_for(data).items()),
+        "labels": list(labels_for(data).items()) if labels else [],
         "venv_remove": [name for name in ("pip", "setuptools") if name in data.python_names],
     }
 
 
 def render_dockerfile(data: RenderInput) -> str:
     return _env().get_template("Dockerfile.j2").render(**template_context(data))
+
+
+def system_recipe(data: RenderInput) -> str:
+    """The Dockerfile's instructions without its comments and its LABEL: what decides the system
+    part's layers and its config apart from the labels. Two specs that differ only in their name
+    or their Python lock have one recipe, so the system part built for one serves the other."""
+    text = _env().get_template("Dockerfile.j2").render(**template_context(data, labels=False))
+    lines = (line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    return "".join(line + "\n" for line in lines)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import BuiltImage, image_ids, remove_new_images, run_envkit
+from tests.conftest import REPO, BuiltImage, image_ids, remove_new_images, run_envkit
 
 pytestmark = pytest.mark.docker
 
@@ -27,8 +28,10 @@ def docker_run(image: str, *cmd: str) -> str:
 def test_the_python_packages_come_as_layers_of_their_own(torch_image: BuiltImage, docker_client) -> None:  # type: ignore[no-untyped-def]
     layers = torch_image.build_json["layers"]
     names = [layer["name"] for layer in layers]
-    assert names[:4] == ["python-cuda", "base-1", "python-torch", "python-python"], names
-    assert all(name.startswith("system-") for name in names[4:])
+    # CUDA, the base and torch at the bottom, shared by the family; the rest of the Python set on top.
+    assert names[:3] == ["python-cuda", "base-1", "python-torch"], names
+    assert names[-1] == "python-python", names
+    assert len(names) > 4 and all(name.startswith("system-") for name in names[3:-1]), names
     attrs = docker_client.api.inspect_image(torch_image.tag)
     assert attrs["RootFS"]["Layers"] == [layer["diff_id"] for layer in layers]
     history = [h for h in docker_client.api.history(torch_image.tag) if h["Size"]]
@@ -38,9 +41,11 @@ def test_the_python_packages_come_as_layers_of_their_own(torch_image: BuiltImage
     out = docker_run(torch_image.tag, "stat", "-c", "%u %n", "/opt/venv/lib/python3.11/site-packages/torch",
                      "/opt/venv/bin/pip", "/opt/venv/bin/torchrun")
     assert [line.split()[0] for line in out.splitlines()] == ["1000", "1000", "1000"]
-    # The engine keeps the image and one cache image of the system part; no helper images.
-    dangling = docker_client.api.images(filters={"dangling": True}, quiet=True)
-    assert not set(dangling) & {attrs["Id"]}
+    # The engine keeps the image and nothing else: neither its build of the system part nor helpers.
+    assert torch_image.build_json["unsealed_id"]
+    assert not [i for i in docker_client.api.images(all=True, quiet=True)
+                if i == torch_image.build_json["unsealed_id"]]
+    assert not docker_client.api.images(name="envkit-cache/system")
 
 
 def test_a_second_image_of_the_family_reuses_the_cuda_and_torch_layers(
@@ -62,3 +67,47 @@ def test_a_second_image_of_the_family_reuses_the_cuda_and_torch_layers(
         assert mine[:3] == theirs[:3]  # the same chain: stored once by the engine
     finally:
         remove_new_images(docker_client, before)
+
+
+def test_an_image_with_the_same_system_part_is_built_without_the_engine_and_gives_the_engine_s_image(
+    torch_image: BuiltImage, docker_client, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """A copy of the session's spec with another description (a label) and its lock: the sealed
+    system part is remembered from the session's build, so the engine builds nothing and every layer
+    is held; a --no-cache build of the same copy, through the engine, gives the same image."""
+    from envkit.spec.catalog import load
+
+    spec = tmp_path / "2.8.yaml"
+    text = (REPO / "images" / "pytorch-cuda" / "2.8.yaml").read_text()
+    spec.write_text(text.replace("description: PyTorch 2.8.0", "description: Relabelled PyTorch 2.8.0"))
+    lock = json.loads((REPO / "images" / "pytorch-cuda" / "2.8.lock").read_text())
+    lock["spec_digest"] = load(str(spec)).spec.digest()
+    spec.with_suffix(".lock").write_text(json.dumps(lock, indent=2, sort_keys=True))
+    before = image_ids(docker_client)
+    try:
+        first = run_envkit("build", str(spec), "--tag", "envkit-test/relabel:memo", "--json",
+                           "--ca-bundle", str(torch_image.ca_bundle), timeout=1800)
+        assert first.returncode == 0, first.stderr[-4000:]
+        assert "the engine builds nothing" in first.stderr
+        memo = json.loads(first.stdout)
+        assert memo["unsealed_id"] == "" and memo["durations"]["build"] == 0
+        assert [layer["diff_id"] for layer in memo["layers"]] == [
+            layer["diff_id"] for layer in torch_image.build_json["layers"]]
+        assert not any(layer["sent"] for layer in memo["layers"])
+        assert memo["image_id"] != torch_image.image_id  # the labels differ
+        labels = docker_client.api.inspect_image(memo["image_id"])["Config"]["Labels"]
+        assert labels["org.opencontainers.image.description"].startswith("Relabelled PyTorch")
+        assert labels["io.envkit.base.suite"] == "bookworm"  # the base's labels stay
+        second = run_envkit("build", str(spec), "--tag", "envkit-test/relabel:fresh", "--json", "--no-cache",
+                            "--ca-bundle", str(torch_image.ca_bundle), timeout=1800)
+        assert second.returncode == 0, second.stderr[-4000:]
+        fresh = json.loads(second.stdout)
+        assert fresh["unsealed_id"]  # really built by the engine this time
+        assert fresh["image_id"] == memo["image_id"]
+    finally:
+        remove_new_images(docker_client, before)
+        for tag in ("envkit-test/relabel:memo", "envkit-test/relabel:fresh"):
+            try:
+                docker_client.api.remove_image(tag, noprune=True)
+            except Exception:  # noqa: BLE001 - gone with the image
+                pass

@@ -17,6 +17,7 @@ from envkit.image.pylayers import (
     CUDA,
     REST,
     TORCH,
+    LayerPlan,
     group_of,
     plan_groups,
     plan_layer,
@@ -155,5 +156,19 @@ def test_compose_sends_only_layers_the_engine_lacks_and_names_each_in_history() 
     present = set(chain_ids(["sha256:" + "1" * 64, "sha256:" + "2" * 64]))
     _mark_sent(parts, present)
     assert [p.sent for p in parts] == [False, False, True, True]
-    history = [{"created_by": "base"}, {"created_by": "RUN apt"}, {"created_by": "ENV", "empty_layer": True}]
-    assert [h["created_by"] for h in _history(history, 1, [Part("base-1")])] == ["base", "RUN apt", "ENV"]
+    history = [{"created_by": "base"}, {"created_by": "RUN apt"}, {"created_by": "COPY probe"},
+               {"created_by": "ENV", "empty_layer": True}]
+    assert [h["created_by"] for h in _history(history, 1, [Part("base-1")], [])] == [
+        "base", "RUN apt", "COPY probe", "ENV"]
+
+    def python(group: str, wheel: str) -> Part:
+        plan = LayerPlan(group=group, prefix="opt/venv", owner=1000, epoch=EPOCH, wheels=[Path(wheel)])
+        return Part(f"python-{group}", plan=plan)
+
+    below = [python(CUDA, "nvidia_cublas_cu12-1-py3-none-any.whl"), Part("base-1"),
+             python(TORCH, "torch-2-cp311-cp311-linux_x86_64.whl")]
+    above = [python(REST, "markdown-3.9-py3-none-any.whl")]
+    names = [h["created_by"] for h in _history(history, 1, below, above)]
+    # The rest of the Python set sits above the last system layer, under the config's entries.
+    assert names == ["envkit python layer cuda: nvidia_cublas_cu12", "base", "envkit python layer torch: torch",
+                     "RUN apt", "COPY probe", "envkit python layer python: markdown", "ENV"]
