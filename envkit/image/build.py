@@ -520,6 +520,7 @@ def build_image(
     cached = 0
     try:
         python = _Background(_python_side(client, plan, workdir, fresh=nocache), "envkit-python-layers")
+        sealing = None
         if remembered is None:
             yield Event("phase", f"build the system part of {target}; the Python layers are written "
                         "meanwhile")
@@ -527,6 +528,8 @@ def build_image(
             system_id, cached = yield from _system_build(client, plan, python, nocache=nocache,
                                                          network_mode=network_mode, buildargs=buildargs)
             durations["build"] = time.monotonic() - t0
+            # Sealed while the Python layers are still being written.
+            sealing = _Background(_seal_side(client, plan, system_id, workdir), "envkit-seal")
         else:
             yield Event("phase", f"system part unchanged since an earlier build ({len(remembered.layers)} "
                         "sealed layers remembered): the engine builds nothing")
@@ -535,22 +538,23 @@ def build_image(
         wheels, plans, preloaded = yield from python.finish()
         durations["python_wait"] = time.monotonic() - t0
         t0 = time.monotonic()
+        system = remembered if sealing is None else (yield from sealing.finish())
         yield Event("phase", "compose: the sealed system layers with the Python layers")
         try:
             composed = yield from _Background(
-                _compose_side(client, plan, system_id, remembered, wheels, plans, workdir), "envkit-compose"
-            ).finish()
+                _compose_side(client, plan, system, wheels, plans), "envkit-compose").finish()
         except SystemNotHeld as exc:
             yield Event("phase", f"the engine no longer holds the remembered system layers ({exc}): "
                         "building the system part")
             system_id, cached = yield from _system_build(client, plan, None, nocache=nocache,
                                                          network_mode=network_mode, buildargs=buildargs)
+            sealed = _Background(_seal_side(client, plan, system_id, workdir), "envkit-seal")
+            system = yield from sealed.finish()
             composed = yield from _Background(
-                _compose_side(client, plan, system_id, None, wheels, plans, workdir), "envkit-compose"
-            ).finish()
+                _compose_side(client, plan, system, wheels, plans), "envkit-compose").finish()
         durations["compose"] = time.monotonic() - t0
         if system_id:
-            systems.put(key, composed.system)
+            systems.put(key, system)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     # The engine's build of the system part and the helper images are not kept: the image holds
@@ -693,27 +697,30 @@ def _bytes_to(put: Callable[[Event], None]) -> Callable[[str, int, int], None]:
     return lambda name, done, total: put(Event("bytes", name, step=done, total=total))
 
 
-def _compose_side(client: docker.DockerClient, plan: BuildPlan, system_id: str, remembered: Any,
-                  wheels: CachedWheels, plans: list[Any], workdir: Path) -> Callable[..., Any]:
-    """Compose the image from the system part (`remembered`, or the engine's `system_id` sealed
-    now) and the Python layers; the result carries the sealed system part for the memo."""
-    from envkit.image.compose import compose_image, seal_system
+def _seal_side(client: docker.DockerClient, plan: BuildPlan, system_id: str,
+               workdir: Path) -> Callable[..., Any]:
+    """Seal the engine's build of the system part (envkit.image.compose.seal_system)."""
+    from envkit.image.compose import seal_system
+
+    def work(put: Callable[[Event], None]) -> Any:
+        sealdir = tempfile.mkdtemp(prefix="seal-", dir=workdir)
+        return seal_system(client, system_id, base_ref=plan.base_ref, epoch=plan.spec.source_date_epoch,
+                           workdir=sealdir, show=put)
+
+    return work
+
+
+def _compose_side(client: docker.DockerClient, plan: BuildPlan, system: Any, wheels: CachedWheels,
+                  plans: list[Any]) -> Callable[..., Any]:
+    """Compose the image from the sealed system part and the Python layers."""
+    from envkit.image.compose import compose_image
     from envkit.image.render import labels_for
 
     def work(put: Callable[[Event], None]) -> Any:
-        epoch = plan.spec.source_date_epoch
-        if remembered is not None:
-            system = remembered
-        else:
-            sealdir = tempfile.mkdtemp(prefix="seal-", dir=workdir)
-            system = seal_system(client, system_id, base_ref=plan.base_ref, epoch=epoch, workdir=sealdir,
-                                 show=put)
-        composed = compose_image(
+        return compose_image(
             client, system, plans, wheels.digests, labels=labels_for(plan.render_input),
             base_ref=plan.base_ref, show=put, progress=_bytes_to(put),
         )
-        composed.system = system
-        return composed
 
     return work
 

@@ -155,7 +155,6 @@ class ComposeResult:
     layers: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     sent_bytes: int = 0
-    system: SystemPart | None = None  # the sealed system part it was composed with
 
 
 def seal_system(client: docker.DockerClient, system_id: str, *, base_ref: str, epoch: int, workdir: str,
@@ -303,21 +302,28 @@ def _finish(config: dict[str, Any], history: list[dict[str, Any]], diff_ids: lis
     return box["config"]
 
 
-def _written(part: Part, progress: Callable[[str, int, int], None] | None) -> Iterator[bytes]:
+def _written(part: Part, progress: Callable[[str, int, int], None] | None, *,
+             digest: bool = True) -> Iterator[bytes]:
     """A Python layer's bytes as envkit writes them, reporting progress; at the end its size must
-    be the planned one, its digest the remembered one if any, and `part.diff_id` becomes it."""
+    be the planned one and, with `digest`, its digest the remembered one if any, and
+    `part.diff_id` becomes it. (`docker import` computes the digest itself: see `_import_layer`.)"""
     assert part.plan is not None
-    sha = hashlib.sha256()
+    sha = hashlib.sha256() if digest else None
     done = 0
     for chunk in stream_layer(part.plan):
-        sha.update(chunk)
+        if sha is not None:
+            sha.update(chunk)
         done += len(chunk)
         if progress:
             progress(part.name, done, part.size)
         yield chunk
     if done != part.size:
         raise IntegrityError(f"layer {part.name} came to {done} bytes, {part.size} planned")
-    digest = "sha256:" + sha.hexdigest()
+    if sha is not None:
+        _check_remembered(part, "sha256:" + sha.hexdigest())
+
+
+def _check_remembered(part: Part, digest: str) -> None:
     if part.diff_id and part.diff_id != digest:
         raise IntegrityError(f"layer {part.name} is {digest}, remembered as {part.diff_id}",
                              hint="remove envkit's layer memo (its state directory, layers/)")
@@ -404,19 +410,14 @@ def preload(
     python = python_parts(plans, wheel_digests, memo, fresh=fresh)
     if not python:
         return []
-    sealed_base = _save_and_rewrite(client, base_ref, str(workdir), epoch, say).layers
-    base_parts = [Part(f"base-{i}", path=p, size=os.path.getsize(p), diff_id=r.diff_id)
-                  for i, (r, p) in enumerate(sealed_base, 1) if r.entries > 0]
-    parts, _ = python_stack(python, base_parts)
-    _mark_sent(parts, engine_chains(client))
-    if not any(p.sent for p in parts):
-        say("Python layers: already on the engine")
-        return []
+    present = engine_chains(client)
+    # The CUDA layer has no parent: its import starts at once, before the base is sealed.
+    bottom = python_stack(python, [])[0][0]
+    _mark_sent([bottom], present)
     helpers: list[str] = []
-    bottom = parts[0]
     importing: threading.Thread | None = None
     imported: dict[str, Any] = {}
-    if bottom.plan is not None and bottom.sent:
+    if bottom.plan is not None and bottom.plan.group == CUDA and bottom.sent:
         say(f"Python layers: importing {bottom.name} while the others stream")
 
         def run_import() -> None:
@@ -427,6 +428,14 @@ def preload(
 
         importing = threading.Thread(target=run_import, name="envkit-import", daemon=True)
         importing.start()
+    sealed_base = _save_and_rewrite(client, base_ref, str(workdir), epoch, say).layers
+    base_parts = [Part(f"base-{i}", path=p, size=os.path.getsize(p), diff_id=r.diff_id)
+                  for i, (r, p) in enumerate(sealed_base, 1) if r.entries > 0]
+    parts, _ = python_stack(python, base_parts)
+    _mark_sent(parts, present)  # `present` is from before the import: the CUDA layer counts as sent
+    if importing is None and not any(p.sent for p in parts):
+        say("Python layers: already on the engine")
+        return []
 
     def wait_for_import() -> None:
         if importing is not None:
@@ -464,12 +473,13 @@ def preload(
 
 def _import_layer(client: docker.DockerClient, part: Part,
                   progress: Callable[[str, int, int], None] | None) -> str:
-    """`docker import` one Python layer as a parentless image; its ID. Sets `part.diff_id`."""
+    """`docker import` one Python layer as a parentless image; its ID. Sets `part.diff_id` to the
+    digest the engine computed of the bytes envkit sent (hashing them here as well would only
+    spend a core's time on the same answer), checked against the remembered one if any."""
     try:
-        answer = client.api.import_image_from_stream(_written(part, progress))
+        answer = client.api.import_image_from_stream(_written(part, progress, digest=False))
     except docker.errors.APIError as exc:
         raise load_error(str(exc.explanation or exc)) from exc
-    digest = part.diff_id
     image_id = ""
     for line in str(answer).splitlines():
         try:
@@ -479,8 +489,9 @@ def _import_layer(client: docker.DockerClient, part: Part,
         if str(status).startswith("sha256:"):
             image_id = str(status)
     layers = (inspect_image(client, image_id).get("RootFS") or {}).get("Layers") if image_id else None
-    if layers != [digest]:
-        raise IntegrityError(f"the engine imported {part.name} as {layers}, envkit wrote {digest}")
+    if not isinstance(layers, list) or len(layers) != 1 or not DIGEST_RE.fullmatch(str(layers[0])):
+        raise IntegrityError(f"the engine imported {part.name} as {layers}, one layer expected")
+    _check_remembered(part, str(layers[0]))
     return image_id
 
 

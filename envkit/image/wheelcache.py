@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,9 +132,12 @@ def ensure_wheels(
     locked = parse_locked(requirements)
     found: dict[str, Path] = {}
     missing: list[str] = []
-    for name, (_version, hashes) in sorted(locked.items()):
-        path = _find(root, hashes)
-        if path is not None and sha256_file(path) in hashes:
+    candidates = {name: _find(root, hashes) for name, (_version, hashes) in sorted(locked.items())}
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:  # hashlib hashes large files off the GIL
+        digests = dict(zip(candidates, pool.map(lambda p: sha256_file(p) if p else "", candidates.values()),
+                           strict=True))
+    for name, path in candidates.items():
+        if path is not None and digests[name] in locked[name][1]:
             found[name] = path
         else:
             if path is not None:
@@ -145,10 +149,17 @@ def ensure_wheels(
     if missing:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="envkit-wheels-", dir=root) as tmp:
-            request = Path(tmp) / "requirements.txt"
-            request.write_text(_subset(requirements, set(missing)))
-            download_wheels(request, Path(tmp) / "in", python=python, platform=platform, suite=suite,
-                            index_args=index_args)
+            shares = _shares(missing)
+
+            def fetch(index: int) -> None:
+                request = Path(tmp) / f"requirements-{index}.txt"
+                request.write_text(_subset(requirements, set(shares[index])))
+                download_wheels(request, Path(tmp) / "in", python=python, platform=platform, suite=suite,
+                                index_args=index_args)
+
+            with ThreadPoolExecutor(max_workers=len(shares)) as pool:
+                for _ in pool.map(fetch, range(len(shares))):
+                    pass
             for path in sorted((Path(tmp) / "in").glob("*.whl")):
                 digest = sha256_file(path)
                 owner = next((n for n in missing if digest in locked[n][1]), None)
@@ -167,6 +178,22 @@ def ensure_wheels(
     paths = {p.name: p for p in found.values()}
     wheels = CachedWheels(paths, len(missing), downloaded_bytes)
     yield done("wheels ready", wheels)
+
+
+# Wheels are hashed, and fetched, this many at a time: pip downloads one file after another, so
+# the locked set is shared among as many pip processes, the large wheels spread over all of them.
+WORKERS = 4
+
+
+def _shares(names: list[str]) -> list[list[str]]:
+    """`names` dealt out to at most WORKERS downloads: torch's and NVIDIA's wheels (the gigabytes)
+    first, one to each in turn, then the rest."""
+    large = [n for n in names if n.startswith("nvidia-") or n in ("torch", "triton", "torchvision")]
+    order = large + [n for n in names if n not in large]
+    shares: list[list[str]] = [[] for _ in range(min(WORKERS, len(order)))]
+    for index, name in enumerate(order):
+        shares[index % len(shares)].append(name)
+    return shares
 
 
 # pip's report of a wheel whose bytes match none of the lock's hashes (one block per package).

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from envkit.errors import UsageError
+from envkit.errors import IntegrityError, UsageError
 from envkit.image.compose import Part, _history, _mark_sent
 from envkit.image.pylayers import (
     CUDA,
@@ -41,7 +41,7 @@ def layer_digest(plan: object) -> str:
 
 def make_wheel(folder: Path, name: str, version: str, files: dict[str, bytes], *,
                entry_points: str = "", record_override: dict[str, bytes] | None = None,
-               metadata: str = "") -> Path:
+               metadata: str = "", compression: int = zipfile.ZIP_STORED) -> Path:
     stem = name.replace("-", "_")  # PEP 427 file and directory names
     dist = f"{stem}-{version}.dist-info"
     members = dict(files)
@@ -53,7 +53,7 @@ def make_wheel(folder: Path, name: str, version: str, files: dict[str, bytes], *
     record = "".join(f"{n},{_hash(d)},{len(d)}\n" for n, d in sorted(hashed.items())) + f"{dist}/RECORD,,\n"
     members[f"{dist}/RECORD"] = record.encode()
     path = folder / f"{stem}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as archive:
+    with zipfile.ZipFile(path, "w", compression=compression) as archive:
         for member, data in members.items():
             archive.writestr(member, data)
     return path
@@ -172,3 +172,33 @@ def test_compose_sends_only_layers_the_engine_lacks_and_names_each_in_history() 
     # The rest of the Python set sits above the last system layer, under the config's entries.
     assert names == ["envkit python layer cuda: nvidia_cublas_cu12", "base", "envkit python layer torch: torch",
                      "RUN apt", "COPY probe", "envkit python layer python: markdown", "ENV"]
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_DEFLATED, zipfile.ZIP_LZMA])
+def test_a_compressed_wheel_gives_the_layer_of_the_stored_one(tmp_path: Path, compression: int) -> None:
+    files = {"pkg/__init__.py": b"x = 1\n" * 5000, "pkg/lib.so": bytes(range(256)) * 40000}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    stored = make_wheel(tmp_path / "a", "pkg", "1", files)
+    packed = make_wheel(tmp_path / "b", "pkg", "1", files, compression=compression)
+    assert packed.stat().st_size < stored.stat().st_size
+    one = b"".join(stream_layer(plan_layer(REST, [stored], SCHEME, owner=1000, epoch=EPOCH)))
+    two = b"".join(stream_layer(plan_layer(REST, [packed], SCHEME, owner=1000, epoch=EPOCH)))
+    assert one == two
+    assert _read(two)[f"{SITE}/pkg/lib.so"][1] == files["pkg/lib.so"]
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_a_member_changed_in_the_wheel_stops_the_stream(tmp_path: Path, compression: int) -> None:
+    """Past the lock's hash (a cache file changed after its check): the member's CRC refuses it."""
+    data = bytes(range(256)) * 4000
+    path = make_wheel(tmp_path, "pkg", "1", {"pkg/lib.so": data}, compression=compression)
+    plan = plan_layer(REST, [path], SCHEME, owner=1000, epoch=EPOCH)
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("pkg/lib.so")
+    raw = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    raw[start + info.compress_size // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match="pkg/lib.so"):
+        b"".join(stream_layer(plan))
