@@ -171,6 +171,16 @@ def main() -> int:
     rebuild = json.loads(proc.stdout)
     shutil.rmtree(state, ignore_errors=True)
 
+    print("[5/5] plain single-stage uv Dockerfile again, after the envkit builds", file=sys.stderr)
+    client.api.remove_image(tag)
+    client.api.prune_images(filters={"dangling": True})
+    plain_after_s = plain_build(client, plan, ca, "envkit-bench/plain:latest")
+    client.api.prune_images(filters={"dangling": True})
+    # The envkit image again for the sizes below (its layers were removed for the fair plain run).
+    timed(envkit("build", args.image, "--json"))
+    # Both plain builds count: the network and the proxy change over minutes.
+    plain_mean = (plain_s + plain_after_s) / 2
+
     print("[5/5] sizes", file=sys.stderr)
     image = client.images.get(tag)
     du = client.containers.run(tag, ["du", "-sb", "/opt/venv"], remove=True, user="0").decode().split()[0]
@@ -186,10 +196,11 @@ def main() -> int:
         "cold_build_s": round(cold_s, 1),
         "host_uv_install_s": round(host_s, 1),
         "cold_over_host": round(cold_s / host_s, 2),
-        "plain_dockerfile_build_s": round(plain_s, 1),
-        "cold_over_plain": round(cold_s / plain_s, 2),
+        "plain_dockerfile_build_s": round(plain_mean, 1),
+        "plain_dockerfile_runs_s": [round(plain_s, 1), round(plain_after_s, 1)],
+        "cold_over_plain": round(cold_s / plain_mean, 2),
         "cold_cached_wheels_s": round(warm_s, 1),
-        "cold_cached_wheels_over_plain": round(warm_s / plain_s, 2),
+        "cold_cached_wheels_over_plain": round(warm_s / plain_mean, 2),
         "cold_cached_wheels_downloaded": warm.get("wheels_downloaded"),
         "cold_builds_same_id": warm["image_id"] == build["image_id"],
         "cold_phases_s": build["durations"],
@@ -207,15 +218,16 @@ def main() -> int:
         "base_bytes": base_size,
         "size_ratio": round(size_ratio, 3),
         "build_phases_s": build["durations"],
-        "targets": {"cold_cached_wheels_over_plain": 1.0, "engine_disk_over_image": 1.1, "cold_over_host": 1.5,
+        "targets": {"cold_over_plain": 1.0, "cold_cached_wheels_over_plain": 1.0, "engine_disk_over_image": 1.1,
+                    "cold_over_host": 1.5,
                     "rebuild_s": 3.0, "size_ratio": 1.05},
     }
     rows = [
         ("cold build (s)", results["cold_build_s"], ""),
         ("host uv install (s)", results["host_uv_install_s"], ""),
         ("cold / host", results["cold_over_host"], "<= 1.5"),
-        ("plain Dockerfile build (s)", results["plain_dockerfile_build_s"], ""),
-        ("cold / plain Dockerfile (empty wheel cache)", results["cold_over_plain"], ""),
+        ("plain Dockerfile build, mean of two (s)", results["plain_dockerfile_build_s"], ""),
+        ("cold / plain Dockerfile (empty wheel cache)", results["cold_over_plain"], "<= 1.0 (layers issue)"),
         ("cold, wheels cached (s)", results["cold_cached_wheels_s"], ""),
         ("cold, wheels cached / plain", results["cold_cached_wheels_over_plain"], "<= 1.0 (layers issue)"),
         ("wheels downloaded by that build", results["cold_cached_wheels_downloaded"], "0"),

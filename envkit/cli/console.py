@@ -106,8 +106,8 @@ class Progress:
         elif kind == "phase":
             self.step = message
             line = message
-        elif kind == "bytes" and step is not None and total:
-            self._bytes(message, step, total)
+        elif kind == "bytes" and step is not None:
+            self._bytes(message, step, total or 0)
             return
         else:
             self.last = message
@@ -118,7 +118,17 @@ class Progress:
             console.print(f"[{_elapsed(self.start):>6}] {line}", markup=False, highlight=False)
 
     def _bytes(self, label: str, done: int, total: int) -> None:
-        """A byte count as a bar on a terminal; in a log, one line per quarter."""
+        """A byte count as a bar on a terminal; in a log, one line per quarter. Without a total
+        (a download whose size nobody said), a count: in a log, one line per gigabyte."""
+        if not total:
+            text = f"{label}  {done / 1e9:.2f} GB"
+            if self._live is not None:
+                self.last = text
+                self._live.update(self._render())
+            elif int(done / 1e9) > self._quarters.get(label, 0):
+                self._quarters[label] = int(done / 1e9)
+                console.print(f"[{_elapsed(self.start):>6}]   {text}", markup=False, highlight=False)
+            return
         share = min(done / total, 1.0)
         text = f"{label}  {'#' * int(share * 30):<30}  {done / 1e9:.2f}/{total / 1e9:.2f} GB"
         if self._live is not None:

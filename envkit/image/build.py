@@ -38,7 +38,8 @@ from envkit.events import Event, follow
 from envkit.image.base import BasePlan, ensure_base
 from envkit.image.context import BuildContext, detect_ca_bundle, proxy_build_args
 from envkit.image.render import RenderInput, render_dockerfile
-from envkit.image.wheelcache import CachedWheels, ensure_wheels
+from envkit.image.wheelcache import CachedWheels, ensure_wheels, is_large
+from envkit.lock.python import parse_locked
 from envkit.resources import PACKAGE_DIR, probe_dir, templates_dir
 from envkit.spec import compat
 from envkit.spec.catalog import SpecRef, load
@@ -680,14 +681,43 @@ def _python_side(
 
     def work(put: Callable[[Event], None]) -> tuple[CachedWheels, list[Any], list[str]]:
         assert plan.requirements is not None
-        wheels = follow(ensure_wheels(plan.requirements, python=spec.python, platform=spec.platform,
-                                      suite=_suite(plan), index_args=plan.index_args), put)
+        requirements = plan.requirements
+
+        def fetch(names: set[str], label: str) -> CachedWheels:
+            return follow(ensure_wheels(requirements, python=spec.python, platform=spec.platform,
+                                        suite=_suite(plan), index_args=plan.index_args, only=names,
+                                        label=label), put)
+
         scheme = Scheme(prefix=VENV, python=f"{VENV}/bin/python", version=spec.python)
-        plans = plan_groups(wheels.link_dir(workdir / "wheels"), scheme, owner=spec.user.uid,
-                            epoch=spec.source_date_epoch)
-        preloaded = preload(client, plan.base_ref, plans, wheels.digests, epoch=spec.source_date_epoch,
-                            workdir=workdir, show=put, progress=_bytes_to(put), fresh=fresh)
-        return wheels, plans, preloaded
+
+        def plan_all(wheels: CachedWheels, folder: str) -> list[Any]:
+            return plan_groups(wheels.link_dir(workdir / folder), scheme, owner=spec.user.uid,
+                               epoch=spec.source_date_epoch)
+
+        # torch's and NVIDIA's wheels first: their layers are written while the rest downloads.
+        names = set(parse_locked(requirements))
+        large = {name for name in names if is_large(name)}
+        wheels = fetch(large, "wheels for CUDA and torch")
+        others: dict[str, Any] = {}
+
+        def fetch_others() -> None:
+            try:
+                others["wheels"] = fetch(names - large, "the other wheels")
+            except BaseException as exc:  # re-raised below, in this thread
+                others["error"] = exc
+
+        fetching = threading.Thread(target=fetch_others, name="envkit-wheels", daemon=True)
+        fetching.start()
+        try:
+            preloaded = preload(client, plan.base_ref, plan_all(wheels, "wheels-large"), wheels.digests,
+                                epoch=spec.source_date_epoch, workdir=workdir, show=put,
+                                progress=_bytes_to(put), fresh=fresh)
+        finally:
+            fetching.join()
+        if "error" in others:
+            raise others["error"]
+        wheels = wheels | others["wheels"]
+        return wheels, plan_all(wheels, "wheels"), preloaded
 
     return work
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from envkit import platforms
 from envkit.digests import sha256_file
 from envkit.errors import IntegrityError, NetworkError, UsageError
 from envkit.events import Event, done
+from envkit.image import wheelfetch
 from envkit.lock.python import parse_locked
 from envkit.state import state_root
 
@@ -47,10 +48,13 @@ def _isolated_env() -> dict[str, str]:
 def download_wheels(
     requirements: Path, dest: Path, *, python: str, platform: str, suite: str,
     index_args: list[str] | None = None,
+    work: Path | None = None,
 ) -> None:
     """pip downloads the exact wheels a hashed requirements file pins, for the image's platform.
 
-    ``index_args`` name a mirror (``--index-url``...); the hashes are checked whatever serves them."""
+    ``index_args`` name a mirror (``--index-url``...); the hashes are checked whatever serves them.
+    ``work`` is pip's temporary directory, where its downloads grow (the progress shown is read
+    from there)."""
     abi = "cp" + python.replace(".", "")
     command = [
         sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
@@ -66,7 +70,11 @@ def download_wheels(
         ca = detect_ca_bundle(None)
         if ca is not None:
             command += ["--cert", str(ca)]
-    result = subprocess.run(command, capture_output=True, text=True, env=_isolated_env())
+    env = _isolated_env()
+    if work is not None:
+        work.mkdir(parents=True, exist_ok=True)
+        env["TMPDIR"] = str(work)
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         tail = "\n".join(result.stderr.strip().splitlines()[-15:])
         if "No module named pip" in result.stderr:
@@ -80,6 +88,39 @@ def download_wheels(
 
 
 
+def _pip_download(requirements: str, missing: list[str], locked: dict[str, tuple[str, list[str]]],
+                  found: dict[str, Path], root: Path, *, python: str, platform: str, suite: str,
+                  index_args: list[str] | None, label: str) -> Iterator[Event]:
+    """pip fetches `missing` (indexes envkit cannot read itself: find-links, no index), four
+    processes at a time; each wheel is checked against the lock and stored in the cache."""
+    with tempfile.TemporaryDirectory(prefix="envkit-wheels-", dir=root) as tmp:
+        shares = _shares(missing)
+
+        def fetch(index: int) -> None:
+            request = Path(tmp) / f"requirements-{index}.txt"
+            request.write_text(_subset(requirements, set(shares[index])))
+            download_wheels(request, Path(tmp) / "in", python=python, platform=platform, suite=suite,
+                            index_args=index_args, work=Path(tmp) / "work" / str(index))
+
+        with ThreadPoolExecutor(max_workers=len(shares)) as pool:
+            futures = [pool.submit(fetch, index) for index in range(len(shares))]
+            while wait(futures, timeout=PROGRESS_EVERY).not_done:
+                done_bytes = _bytes_under(Path(tmp) / "work")
+                yield Event("bytes", f"{label}: downloading", step=done_bytes, total=0)
+            for future in futures:
+                future.result()  # the first failure, if any
+        for path in sorted((Path(tmp) / "in").glob("*.whl")):
+            digest = sha256_file(path)
+            owner = next((n for n in missing if digest in locked[n][1]), None)
+            if owner is None:
+                raise IntegrityError(f"hash mismatch for {path.name}: {digest} is not in the lock")
+            folder = root / digest
+            folder.mkdir(exist_ok=True)
+            target = folder / path.name
+            os.replace(path, target)
+            found[owner] = target
+
+
 def cache_root() -> Path:
     return state_root() / "wheels"
 
@@ -91,6 +132,10 @@ class CachedWheels:
     paths: dict[str, Path]
     downloaded: int
     downloaded_bytes: int
+
+    def __or__(self, other: CachedWheels) -> CachedWheels:
+        return CachedWheels({**self.paths, **other.paths}, self.downloaded + other.downloaded,
+                            self.downloaded_bytes + other.downloaded_bytes)
 
     @property
     def digests(self) -> dict[str, str]:
@@ -123,13 +168,16 @@ def ensure_wheels(
     suite: str,
     index_args: list[str] | None = None,
     root: Path | None = None,
+    only: set[str] | None = None,
+    label: str = "wheels",
 ) -> Iterator[Event]:
-    """Make sure every wheel of `requirements` is in the cache, downloading what is missing.
+    """Make sure every wheel of `requirements` (or of the names in `only`) is in the cache,
+    downloading what is missing.
 
     Yields progress events; the last is ``done`` carrying a CachedWheels (`envkit.events.done`).
     """
     root = root or cache_root()
-    locked = parse_locked(requirements)
+    locked = {name: pins for name, pins in parse_locked(requirements).items() if only is None or name in only}
     found: dict[str, Path] = {}
     missing: list[str] = []
     candidates = {name: _find(root, hashes) for name, (_version, hashes) in sorted(locked.items())}
@@ -143,38 +191,35 @@ def ensure_wheels(
             if path is not None:
                 shutil.rmtree(path.parent, ignore_errors=True)  # changed in the cache: fetch it again
             missing.append(name)
-    yield Event("phase", f"wheels: {len(found)} of {len(locked)} in the host cache"
+    yield Event("phase", f"{label}: {len(found)} of {len(locked)} in the host cache"
                 + (f", downloading {len(missing)}" if missing else ""))
     downloaded_bytes = 0
     if missing:
         root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="envkit-wheels-", dir=root) as tmp:
-            shares = _shares(missing)
-
-            def fetch(index: int) -> None:
-                request = Path(tmp) / f"requirements-{index}.txt"
-                request.write_text(_subset(requirements, set(shares[index])))
-                download_wheels(request, Path(tmp) / "in", python=python, platform=platform, suite=suite,
-                                index_args=index_args)
-
-            with ThreadPoolExecutor(max_workers=len(shares)) as pool:
-                for _ in pool.map(fetch, range(len(shares))):
-                    pass
-            for path in sorted((Path(tmp) / "in").glob("*.whl")):
-                digest = sha256_file(path)
-                owner = next((n for n in missing if digest in locked[n][1]), None)
-                if owner is None:
-                    raise IntegrityError(f"hash mismatch for {path.name}: {digest} is not in the lock")
-                folder = root / digest
-                folder.mkdir(exist_ok=True)
-                target = folder / path.name
-                os.replace(path, target)
-                downloaded_bytes += target.stat().st_size
-                found[owner] = target
+        direct = wheelfetch.plan_direct({name: locked[name] for name in missing}, index_args or [], python,
+                                        wheel_platforms(platform, suite))
+        if direct is not None:
+            wanted, fetcher = direct
+            downloads = wheelfetch.Downloads(wanted, fetcher, root, WORKERS, _shares)
+            try:
+                while wait(downloads.futures, timeout=PROGRESS_EVERY).not_done:
+                    yield Event("bytes", f"{label}: downloading", step=downloads.done_bytes,
+                                total=downloads.total_bytes)
+                for future in downloads.futures:
+                    future.result()  # the first failure, if any
+            finally:
+                downloads.close()
+            for name, path in downloads.paths.items():
+                found[name] = path
+                downloaded_bytes += path.stat().st_size
+        else:
+            yield from _pip_download(requirements, missing, locked, found, root, python=python,
+                                     platform=platform, suite=suite, index_args=index_args, label=label)
+            downloaded_bytes = sum(found[name].stat().st_size for name in missing if name in found)
         still = [n for n in missing if n not in found]
         if still:
             raise IntegrityError(f"the download lacks {', '.join(still[:8])}")
-        yield Event("download", f"wheels: downloaded {len(missing)} ({downloaded_bytes / 1e9:.2f} GB)")
+        yield Event("download", f"{label}: downloaded {len(missing)} ({downloaded_bytes / 1e9:.2f} GB)")
     paths = {p.name: p for p in found.values()}
     wheels = CachedWheels(paths, len(missing), downloaded_bytes)
     yield done("wheels ready", wheels)
@@ -185,10 +230,30 @@ def ensure_wheels(
 WORKERS = 4
 
 
+PROGRESS_EVERY = 0.5  # seconds between two reports of the bytes downloaded so far
+
+
+def _bytes_under(folder: Path) -> int:
+    """Bytes in the files under `folder` now (pip's downloads in progress; they come and go)."""
+    total = 0
+    for parent, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(parent, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def is_large(name: str) -> bool:
+    """torch's and NVIDIA's wheels: the gigabytes of a locked set, and its bottom layers."""
+    return name.startswith("nvidia-") or name in ("torch", "triton", "torchvision", "pytorch-triton")
+
+
 def _shares(names: list[str]) -> list[list[str]]:
-    """`names` dealt out to at most WORKERS downloads: torch's and NVIDIA's wheels (the gigabytes)
-    first, one to each in turn, then the rest."""
-    large = [n for n in names if n.startswith("nvidia-") or n in ("torch", "triton", "torchvision")]
+    """`names` dealt out to at most WORKERS downloads: the large wheels first, one to each in turn,
+    then the rest."""
+    large = [n for n in names if is_large(n)]
     order = large + [n for n in names if n not in large]
     shares: list[list[str]] = [[] for _ in range(min(WORKERS, len(order)))]
     for index, name in enumerate(order):

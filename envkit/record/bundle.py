@@ -10,7 +10,9 @@ mtimes and owners.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable, Generator, Iterator
@@ -26,8 +28,8 @@ from envkit.digests import sha256_file, sha256_stream
 from envkit.engine.client import find_image, inspect_image, tag_image
 from envkit.engine.dockerarchive import load_archive, without_tags
 from envkit.errors import IntegrityError, NetworkError, UsageError
-from envkit.events import Event, Show, done, drain, phases
-from envkit.image.wheelcache import download_wheels
+from envkit.events import Event, Show, done, drain, phases, relay
+from envkit.image.wheelcache import ensure_wheels
 from envkit.jsonio import pretty_text
 from envkit.lock import mirror
 from envkit.record.manifest import Manifest, parse_manifest, read_manifest_bytes
@@ -282,17 +284,21 @@ def bundle_events(
         expected_base = manifest.lock.base.get("image_id")
         if expected_base and expected_base != base_id:
             raise IntegrityError(f"base {plan.base_ref} is {base_id}, the lock records {expected_base}")
-        yield Event("phase", "wheels: downloading the locked set for the image's platform")
-        requirements = Path(tmp) / "requirements.txt"
-        requirements.write_text(plan.requirements or "")
         suite = manifest.lock.base.get("suite") or "bookworm"
         indexes = mirror.choose(
             cli_url=index_url, spec_url=plan.spec.index_url, spec_extra=plan.spec.extra_index_url,
             torch_index=plan.resolved.index_url,
         )
-        for source in (requirements, TOOLS_LOCK):
-            download_wheels(source, root / "wheels", python=plan.spec.python, platform=plan.spec.platform,
-                            suite=suite, index_args=indexes.pip_args())
+        # From the host's wheel cache (what a build of the image already fetched), each wheel
+        # checked against the lock; only what the cache lacks is downloaded.
+        (root / "wheels").mkdir(parents=True, exist_ok=True)
+        sets = ((plan.requirements or "", "wheels"), (TOOLS_LOCK.read_text(), "tool wheels"))
+        for text, label in sets:
+            fetch = ensure_wheels(text, python=plan.spec.python, platform=plan.spec.platform, suite=suite,
+                                  index_args=indexes.pip_args(), label=label)
+            cached = yield from relay(fetch)
+            for name, path in sorted(cached.paths.items()):
+                _link_or_copy(path, root / "wheels" / name)
         yield from record_apt(client, plan, root)
         files = {
             name: {"sha256": sha256_file(path), "size": path.stat().st_size} for name, path in _members(root)
@@ -309,6 +315,14 @@ def bundle_events(
         yield Event("phase", f"writing {output.name}: {len(wheels)} wheels, {mirror_files} mirror files")
         write_bundle(output, manifest_text, index, root, manifest.source_date_epoch, sign_key=sign_key)
     yield done(f"wrote {output}", index)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link to the cached wheel where the file system allows one, a copy where not."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 @dataclass

@@ -20,7 +20,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from envkit.image.wheelcache import download_wheels
+from envkit.events import follow
+from envkit.image.wheelcache import ensure_wheels
 from envkit.record.offline import DirStore, PackageServer
 from tests.conftest import TEST_IMAGE, BuiltImage, image_ids, remove_new_images, run_envkit
 
@@ -53,9 +54,12 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wheels]:
     root = tmp_path_factory.mktemp("mirror")
     requirements = root / "requirements.txt"
     requirements.write_text(plan.requirements or "")
-    for source in (requirements, TOOLS_LOCK):
-        download_wheels(source, root / "wheels", python=plan.spec.python, platform=plan.spec.platform,
-                        suite="bookworm")
+    (root / "wheels").mkdir()
+    for source in (requirements, TOOLS_LOCK):  # from the host's wheel cache, as a build fetches them
+        cached = follow(ensure_wheels(source.read_text(), python=plan.spec.python, platform=plan.spec.platform,
+                                      suite="bookworm"))
+        for name, path in cached.paths.items():
+            shutil.copyfile(path, root / "wheels" / name)
     files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (root / "wheels").iterdir()}
     assert any(name.startswith("torch-") for name in files) and any(name.startswith("uv-") for name in files)
     yield Wheels(root=root, sha256=files)

@@ -78,3 +78,39 @@ def test_pips_report_of_several_allowed_hashes_names_the_package_and_both_digest
     assert _hash_message(report) == (
         f"hash mismatch for filelock==4.3.1: expected sha256:{'0' * 64}, computed sha256:{'a' * 64}"
     )
+
+
+def test_the_large_wheels_are_spread_over_the_downloads_and_only_asks_for_some() -> None:
+    from envkit.image.wheelcache import WORKERS, _shares
+
+    names = ["absl-py", "nvidia-cublas-cu12", "torch", "nvidia-cudnn-cu12", "triton", "nvidia-nccl-cu12", "six"]
+    shares = _shares(names)
+    assert len(shares) == WORKERS and sorted(n for share in shares for n in share) == sorted(names)
+    assert all(share[0] in ("nvidia-cublas-cu12", "torch", "nvidia-cudnn-cu12", "triton") for share in shares)
+    assert _shares(["six"]) == [["six"]]
+
+
+def test_only_names_a_part_of_the_lock(tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    index.mkdir()
+    paths = [make_wheel(index, "alpha", "1.0", {"alpha/__init__.py": b"A\n"}),
+             make_wheel(index, "beta", "2.0", {"beta/__init__.py": b"B\n"})]
+    events: list[str] = []
+    wheels = follow(
+        ensure_wheels(_requirements(paths), python="3.11", platform="linux/amd64", suite="bookworm",
+                      index_args=["--no-index", "--find-links", str(index)], root=tmp_path / "cache",
+                      only={"beta"}, label="some wheels"),
+        lambda e: events.append(e.message),
+    )
+    assert list(wheels.paths) == [paths[1].name] and wheels.downloaded == 1
+    assert events[0] == "some wheels: 0 of 1 in the host cache, downloading 1"
+
+
+def test_a_download_without_a_total_is_a_count_one_line_per_gigabyte_in_a_log(capsys) -> None:  # type: ignore[no-untyped-def]
+    from envkit.cli.console import Progress
+
+    progress = Progress("build")
+    for done in (0, 400_000_000, 1_100_000_000, 1_500_000_000, 2_300_000_000):
+        progress.update("bytes", "wheels: downloading", step=done, total=0)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "downloading" in line]
+    assert [line.split("downloading")[1].strip() for line in lines] == ["1.10 GB", "2.30 GB"]
