@@ -657,8 +657,10 @@ def system_key(client: docker.DockerClient, plan: BuildPlan) -> str:
     files = BuildContext({name: data for name, data in context.files.items()
                           if name not in ("Dockerfile", "build/requirements.txt")})
     base_id = client.images.get(plan.base_ref).id
-    text = "\n".join(["envkit-system/1", f"seal-policy/{POLICY_VERSION}", base_id, plan.spec.platform,
-                      files.digest(), system_recipe(plan.render_input)])
+    text = "\n".join([
+        "envkit-system/1", f"seal-policy/{POLICY_VERSION}", base_id, plan.spec.platform,
+        f"epoch/{plan.spec.source_date_epoch}", files.digest(), system_recipe(plan.render_input),
+    ])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
