@@ -519,8 +519,10 @@ def build_image(
     workdir = Path(tempfile.mkdtemp(prefix="envkit-build-"))
     system_id = ""
     cached = 0
+    made: list[str] = []  # helper images a failure leaves behind
     try:
-        python = _Background(_python_side(client, plan, workdir, fresh=nocache), "envkit-python-layers")
+        python = _Background(_python_side(client, plan, workdir, fresh=nocache, made=made),
+                             "envkit-python-layers")
         sealing = None
         if remembered is None:
             yield Event("phase", f"build the system part of {target}; the Python layers are written "
@@ -556,6 +558,9 @@ def build_image(
         durations["compose"] = time.monotonic() - t0
         if system_id:
             systems.put(key, system)
+    except BaseException:
+        forget(client, [*made, *([system_id] if system_id else [])], keep="")
+        raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     # The engine's build of the system part and the helper images are not kept: the image holds
@@ -670,20 +675,24 @@ def _suite(plan: BuildPlan) -> str:
 
 
 def _python_side(
-    client: docker.DockerClient, plan: BuildPlan, workdir: Path, *, fresh: bool
+    client: docker.DockerClient, plan: BuildPlan, workdir: Path, *, fresh: bool, made: list[str]
 ) -> Callable[..., Any]:
-    """The host's half of a build: fetch the wheels into the cache, plan the Python layers, and
-    load the CUDA and torch layers on the base (envkit.image.compose.preload), all while the
-    engine builds the system part."""
-    from envkit.image.compose import preload
-    from envkit.image.pylayers import plan_groups
-    from envkit.incontainer.wheelinstall import Scheme
+    """The host's half of a build, all while the engine builds the system part: fetch the wheels
+    into the cache and load the layers below the system part (envkit.image.compose): torch's wheel
+    first, which says which NVIDIA wheels make the CUDA layer; those next, whose layer is imported
+    as soon as they are in; then triton and torchvision, whose layer streams with the sealed base
+    into `docker load` while the rest of the wheels download. A helper image left by a failure is
+    added to `made`, for the caller to remove."""
+    from envkit.image.compose import preload, seal_base, start_import
+    from envkit.image.pylayers import CUDA, plan_groups, plan_layer, torch_cuda_names, wheel_dist_name
+    from envkit.incontainer.wheelinstall import Scheme, normalize
 
     spec = plan.spec
 
     def work(put: Callable[[Event], None]) -> tuple[CachedWheels, list[Any], list[str]]:
         assert plan.requirements is not None
         requirements = plan.requirements
+        epoch = spec.source_date_epoch
 
         def fetch(names: set[str], label: str) -> CachedWheels:
             return follow(ensure_wheels(requirements, python=spec.python, platform=spec.platform,
@@ -693,32 +702,65 @@ def _python_side(
         scheme = Scheme(prefix=VENV, python=f"{VENV}/bin/python", version=spec.python)
 
         def plan_all(wheels: CachedWheels, folder: str) -> list[Any]:
-            return plan_groups(wheels.link_dir(workdir / folder), scheme, owner=spec.user.uid,
-                               epoch=spec.source_date_epoch)
+            return plan_groups(wheels.link_dir(workdir / folder), scheme, owner=spec.user.uid, epoch=epoch)
 
-        # torch's and NVIDIA's wheels first: their layers are written while the rest downloads.
+        def in_background(job: Callable[[], Any], name: str) -> Callable[[], Any]:
+            box: dict[str, Any] = {}
+
+            def run() -> None:
+                try:
+                    box["result"] = job()
+                except BaseException as exc:  # handed over by the waiter below
+                    box["error"] = exc
+
+            thread = threading.Thread(target=run, name=name, daemon=True)
+            thread.start()
+
+            def wait() -> Any:
+                thread.join()
+                if "error" in box:
+                    raise box["error"]
+                return box["result"]
+
+            return wait
+
         names = set(parse_locked(requirements))
         large = {name for name in names if is_large(name)}
-        wheels = fetch(large, "wheels for CUDA and torch")
-        others: dict[str, Any] = {}
-
-        def fetch_others() -> None:
-            try:
-                others["wheels"] = fetch(names - large, "the other wheels")
-            except BaseException as exc:  # re-raised below, in this thread
-                others["error"] = exc
-
-        fetching = threading.Thread(target=fetch_others, name="envkit-wheels", daemon=True)
-        fetching.start()
+        sealed_base = in_background(  # the base's sealed layer, made while the wheels download
+            lambda: seal_base(client, plan.base_ref, epoch=epoch, workdir=workdir / "base", show=put),
+            "envkit-base")
+        first = {"torch"} & names
+        wheels = fetch(first, "torch's wheel") if first else CachedWheels({}, 0, 0)
+        cuda_names = torch_cuda_names(list(wheels.paths.values()))
+        cuda = {name for name in names if name in cuda_names}
+        wheels = wheels | fetch(cuda, "CUDA wheels") if cuda else wheels
+        importing = None
+        if cuda:
+            paths = [path for path in wheels.paths.values() if normalize(wheel_dist_name(path)) in cuda]
+            cuda_plan = plan_layer(CUDA, paths, scheme, owner=spec.user.uid, epoch=epoch)
+            importing = start_import(client, cuda_plan, wheels.digests, show=put, progress=_bytes_to(put),
+                                     fresh=fresh)
         try:
-            preloaded = preload(client, plan.base_ref, plan_all(wheels, "wheels-large"), wheels.digests,
-                                epoch=spec.source_date_epoch, workdir=workdir, show=put,
-                                progress=_bytes_to(put), fresh=fresh)
-        finally:
-            fetching.join()
-        if "error" in others:
-            raise others["error"]
-        wheels = wheels | others["wheels"]
+            wheels = wheels | fetch(large - first - cuda, "wheels for torch's layer")
+            others = in_background(lambda: fetch(names - large, "the other wheels"), "envkit-wheels")
+            try:
+                preloaded = preload(client, plan_all(wheels, "wheels-large"), wheels.digests, sealed_base(),
+                                    epoch=epoch, importing=importing, show=put, progress=_bytes_to(put),
+                                    fresh=fresh)
+            except BaseException:
+                try:
+                    others()
+                except BaseException:  # noqa: BLE001 - the first failure is the one reported
+                    pass
+                raise
+            wheels = wheels | others()
+        except BaseException:
+            if importing is not None:  # never left running behind a failed build, nor its image
+                try:
+                    made.append(importing.join())
+                except BaseException:  # noqa: BLE001 - the first failure is the one reported
+                    pass
+            raise
         return wheels, plan_all(wheels, "wheels"), preloaded
 
     return work

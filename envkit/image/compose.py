@@ -384,14 +384,68 @@ def python_stack(python: list[Part], base: list[Part]) -> tuple[list[Part], list
     return cuda + base + torch, rest
 
 
-def preload(
+class Importing:
+    """`docker import` of the CUDA layer, running in a thread of its own (`start_import`)."""
+
+    def __init__(self, client: docker.DockerClient, part: Part,
+                 progress: Callable[[str, int, int], None] | None) -> None:
+        self.part = part
+        self._outcome: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._run, args=(client, progress), name="envkit-import",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, client: docker.DockerClient, progress: Callable[[str, int, int], None] | None) -> None:
+        try:
+            self._outcome["id"] = _import_layer(client, self.part, progress)
+        except BaseException as exc:  # re-raised in the caller's thread by join()
+            self._outcome["error"] = exc
+
+    def join(self) -> str:
+        """The imported image's ID, once the import is over; its failure, if it failed."""
+        self._thread.join()
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return str(self._outcome["id"])
+
+
+def start_import(
     client: docker.DockerClient,
-    base_ref: str,
-    plans: list[LayerPlan],
+    plan: LayerPlan,
     wheel_digests: dict[str, str],
     *,
+    memo: LayerMemo | None = None,
+    show: Show | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    fresh: bool = False,
+) -> Importing | None:
+    """Start importing the CUDA layer unless the engine holds it (None then). It has no parent, so
+    it can go in as soon as its wheels are there, before the others are even downloaded."""
+    part = python_parts([plan], wheel_digests, memo or LayerMemo(), fresh=fresh)[0]
+    _mark_sent([part], engine_chains(client))
+    if not part.sent:
+        return None
+    phases(show)(f"Python layers: importing {part.name} while the others are fetched and streamed")
+    return Importing(client, part, progress)
+
+
+def seal_base(client: docker.DockerClient, base_ref: str, *, epoch: int, workdir: Path,
+              show: Show | None = None) -> list[Part]:
+    """The base image's layers, sealed into `workdir` (what `preload` stacks between CUDA and torch)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    sealed = _save_and_rewrite(client, base_ref, str(workdir), epoch, phases(show)).layers
+    return [Part(f"base-{i}", path=p, size=os.path.getsize(p), diff_id=r.diff_id)
+            for i, (r, p) in enumerate(sealed, 1) if r.entries > 0]
+
+
+def preload(
+    client: docker.DockerClient,
+    plans: list[LayerPlan],
+    wheel_digests: dict[str, str],
+    base_parts: list[Part],
+    *,
     epoch: int,
-    workdir: Path,
+    importing: Importing | None = None,
     memo: LayerMemo | None = None,
     show: Show | None = None,
     progress: Callable[[str, int, int], None] | None = None,
@@ -399,7 +453,8 @@ def preload(
 ) -> list[str]:
     """Put the layers below the system part (CUDA, the base, torch) into the engine as untagged
     images of their own while it builds the system part; `compose_image` then finds their chain
-    held. The CUDA layer goes in by `docker import` while the others stream into `docker load`.
+    held. The CUDA layer comes by `importing` (`start_import`), which must have been started for
+    these plans if the engine lacked it; the others stream into `docker load` meanwhile.
 
     Returns the IDs of the helper images (for `forget`); nothing when the engine holds them all.
     `fresh` (a --no-cache build) writes and sends the layers even so, so that their digests are
@@ -408,41 +463,22 @@ def preload(
     say = phases(show)
     memo = memo or LayerMemo()
     python = python_parts(plans, wheel_digests, memo, fresh=fresh)
+    if importing is not None:  # the import thread fills in that part's digest
+        python = [importing.part if p.memo_key == importing.part.memo_key else p for p in python]
     if not python:
         return []
-    present = engine_chains(client)
-    # The CUDA layer has no parent: its import starts at once, before the base is sealed.
-    bottom = python_stack(python, [])[0][0]
-    _mark_sent([bottom], present)
-    helpers: list[str] = []
-    importing: threading.Thread | None = None
-    imported: dict[str, Any] = {}
-    if bottom.plan is not None and bottom.plan.group == CUDA and bottom.sent:
-        say(f"Python layers: importing {bottom.name} while the others stream")
-
-        def run_import() -> None:
-            try:
-                imported["id"] = _import_layer(client, bottom, progress)
-            except BaseException as exc:  # re-raised in the caller's thread
-                imported["error"] = exc
-
-        importing = threading.Thread(target=run_import, name="envkit-import", daemon=True)
-        importing.start()
-    sealed_base = _save_and_rewrite(client, base_ref, str(workdir), epoch, say).layers
-    base_parts = [Part(f"base-{i}", path=p, size=os.path.getsize(p), diff_id=r.diff_id)
-                  for i, (r, p) in enumerate(sealed_base, 1) if r.entries > 0]
     parts, _ = python_stack(python, base_parts)
-    _mark_sent(parts, present)  # `present` is from before the import: the CUDA layer counts as sent
+    # Taken now: a CUDA layer still on its way in is not in it, so every layer above it is sent.
+    _mark_sent(parts, engine_chains(client))
+    helpers: list[str] = []
     if importing is None and not any(p.sent for p in parts):
         say("Python layers: already on the engine")
         return []
+    cuda = importing.part if importing is not None else None
 
     def wait_for_import() -> None:
         if importing is not None:
-            importing.join()
-            if "error" in imported:
-                raise imported["error"]
-            helpers.append(imported["id"])
+            helpers.append(importing.join())
 
     created = rfc3339(epoch)
     config = {"architecture": "amd64", "os": "linux", "created": created, "config": {},
@@ -451,14 +487,17 @@ def preload(
 
     def finish(ids: list[str]) -> bytes:
         wait_for_import()  # docker load looks for the bottom layer only once it has the manifest
-        ids = [bottom.diff_id or ""] + ids[1:]
+        if cuda is not None:
+            ids = [cuda.diff_id or ""] + ids[1:]
         return _finish(config, config["history"], ids, box)
 
-    if len(parts) > 1 and any(p.sent for p in parts[1:]):
+    first = 1 if cuda is not None else 0
+    if any(p.sent for p in parts[first:]):
         to_send = [replace(p) for p in parts]
-        to_send[0].sent = False  # the import brings it
+        if cuda is not None:
+            to_send[0].sent = False  # the import brings it
         loaded = load_archive(client, _archive(to_send, finish, progress))
-        for part, sent in zip(parts[1:], to_send[1:], strict=True):
+        for part, sent in zip(parts[first:], to_send[first:], strict=True):
             part.diff_id = sent.diff_id
         image_id = "sha256:" + hashlib.sha256(box["config"]).hexdigest()
         if image_id in loaded or image_exists(client, image_id):
@@ -507,5 +546,7 @@ def forget(client: docker.DockerClient, image_ids: list[str], *, keep: str) -> N
             continue
 
 
-__all__ = ["ComposeResult", "LayerMemo", "SystemMemo", "SystemNotHeld", "SystemPart", "base_diff_ids",
-           "compose_image", "forget", "preload", "relabel", "seal_system"]
+__all__ = [
+    "ComposeResult", "Importing", "LayerMemo", "SystemMemo", "SystemNotHeld", "SystemPart", "base_diff_ids",
+    "compose_image", "forget", "preload", "relabel", "seal_base", "seal_system", "start_import",
+]
