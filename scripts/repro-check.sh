@@ -20,9 +20,9 @@ all_images() {
   docker -H "$1" images -a -q --no-trunc | sort -u
 }
 
-# A --no-cache torch build leaves its builder stage and unsealed image behind (about 14 GB); the
-# check takes back what each build added, keeping only the sealed result. It removes every image
-# that appeared during a build, so run it on an engine nothing else is building on.
+# The check takes back what each build added, keeping only the image, so that the next build finds
+# none of its layers on the engine. It removes every image that appeared during a build, so run it
+# on an engine nothing else is building on.
 drop_new() {
   local host="$1" before="$2" keep="$3"
   comm -13 <(echo "$before") <(all_images "$host") | grep -v -x "$keep" | while read -r id; do

@@ -63,7 +63,8 @@ def list_cmd(as_json: bool) -> None:
 @click.command("render")
 @click.argument("name")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE.")
-@click.option("--ca-bundle", envvar="ENVKIT_CA_BUNDLE", help="CA bundle for the builder stage.")
+@click.option("--ca-bundle", envvar="ENVKIT_CA_BUNDLE",
+              help="CA bundle the host trusts when it fetches wheels.")
 def render_cmd(name: str, output: Path | None, ca_bundle: str | None) -> None:
     """Print the Dockerfile for NAME (catalog name:tag or spec file). Needs no engine."""
     from envkit.atomic import write_text

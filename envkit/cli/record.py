@@ -183,7 +183,8 @@ def _settle_tag(client: Any, result: Any, tag: str, expected: str) -> Any:
 @click.option("--no-cache", is_flag=True, help="Rebuild every step.")
 @click.option("--offline", is_flag=True, help="Build from a bundle (`envkit bundle`) with the build "
               "network cut off: only the bundle's wheels and mirror files are reachable.")
-@click.option("--ca-bundle", envvar="ENVKIT_CA_BUNDLE", help="CA bundle for the builder stage "
+@click.option("--ca-bundle", envvar="ENVKIT_CA_BUNDLE", help="CA bundle the host trusts when it fetches "
+              "wheels "
               "(default: PIP_CERT, SSL_CERT_FILE or REQUESTS_CA_BUNDLE).")
 @click.option("--from-registry", is_flag=True, help="Only pull from the manifest's registry "
               "locations; never rebuild.")

@@ -145,8 +145,8 @@ def plan_build(
 ) -> BuildPlan:
     """Everything a build needs, decided up front; raises before any engine work starts.
 
-    ``offline_index`` points the builder stage at a local package index (an offline restore);
-    it changes the builder stage only, never what the final image holds. ``source`` names the
+    ``offline_index`` points the host's wheel download at a local package index (an offline
+    restore); it changes where the wheels come from, never what the image holds. ``source`` names the
     spec in the Dockerfile's header instead of its path (a restore names the catalog file the
     manifest came from, so its build inputs equal the original build's).
     """

@@ -71,30 +71,6 @@ class Indexes:
                 args += ["--trusted-host", parts.hostname]
         return args
 
-    def build_args(self, *, torch_index_first: bool = False) -> dict[str, str]:
-        """For the builder stage only (its ARGs), read by pip and uv there; never in the final image.
-
-        With ``torch_index_first`` the PyTorch index stays on uv's command line (the Dockerfile
-        names it) and the mirror is what the pinned installer's pip and uv's extra index use.
-        """
-        own = (self.primary,) if self.primary else ()
-        mirrors = self.extra if torch_index_first else own + self.extra
-        if not mirrors:
-            return {}
-        args = {"PIP_INDEX_URL": mirrors[0]}
-        if not torch_index_first:
-            args["UV_INDEX_URL"] = mirrors[0]
-        uv_extra = mirrors if torch_index_first else mirrors[1:]
-        if uv_extra:
-            args["UV_EXTRA_INDEX_URL"] = " ".join(uv_extra)
-        if len(mirrors) > 1:
-            args["PIP_EXTRA_INDEX_URL"] = " ".join(mirrors[1:])
-        plain = sorted({urlsplit(u).hostname or "" for u in mirrors if urlsplit(u).scheme == "http"})
-        if plain:
-            args["PIP_TRUSTED_HOST"] = " ".join(plain)
-        return args
-
-
 def choose(
     *,
     cli_url: str | None = None,

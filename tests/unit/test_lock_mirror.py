@@ -154,12 +154,8 @@ def test_the_mirror_order_cli_then_environment_then_spec() -> None:
     assert chosen.uv_args() == ["--index-url", torch, "--extra-index-url", spec_url]
 
 
-def test_build_arguments_carry_the_mirror_to_the_builder_stage_only() -> None:
+def test_a_plain_http_mirror_is_trusted_and_its_credentials_redacted() -> None:
     url = "http://u:tok@10.1.2.3:8080/simple/"
-    args = mirror.Indexes(primary=url).build_args()
-    assert args == {"PIP_INDEX_URL": url, "UV_INDEX_URL": url, "PIP_TRUSTED_HOST": "10.1.2.3"}
-    args = mirror.Indexes(primary="https://pt/whl", extra=(url,)).build_args(torch_index_first=True)
-    assert args == {"PIP_INDEX_URL": url, "UV_EXTRA_INDEX_URL": url, "PIP_TRUSTED_HOST": "10.1.2.3"}
     assert mirror.redact(url) == "http://***@10.1.2.3:8080/simple/"
     assert "--trusted-host" in mirror.Indexes(primary=url).pip_args()
 
