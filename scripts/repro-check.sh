@@ -25,7 +25,7 @@ all_images() {
 # on an engine nothing else is building on.
 drop_new() {
   local host="$1" before="$2" keep="$3"
-  comm -13 <(echo "$before") <(all_images "$host") | grep -v -x "$keep" | while read -r id; do
+  comm -13 <(echo "$before") <(all_images "$host") | { grep -v -x "$keep" || true; } | while read -r id; do
     docker -H "$host" rmi -f "$id" >/dev/null 2>&1 || true
   done
 }
