@@ -684,8 +684,8 @@ def _python_side(
     into `docker load` while the rest of the wheels download. A helper image left by a failure is
     added to `made`, for the caller to remove."""
     from envkit.image.compose import preload, seal_base, start_import
-    from envkit.image.pylayers import CUDA, plan_groups, plan_layer, torch_cuda_names, wheel_dist_name
-    from envkit.incontainer.wheelinstall import Scheme, normalize
+    from envkit.image.pylayers import CUDA, REST, TORCH, group_wheels, plan_layer, torch_cuda_names
+    from envkit.incontainer.wheelinstall import Scheme
 
     spec = plan.spec
 
@@ -701,8 +701,10 @@ def _python_side(
 
         scheme = Scheme(prefix=VENV, python=f"{VENV}/bin/python", version=spec.python)
 
-        def plan_all(wheels: CachedWheels, folder: str) -> list[Any]:
-            return plan_groups(wheels.link_dir(workdir / folder), scheme, owner=spec.user.uid, epoch=epoch)
+        def layer(group: str, wheels: CachedWheels) -> Any:
+            """The plan of `group` from the wheels fetched so far, or None if it has none of them."""
+            paths = group_wheels(list(wheels.paths.values()))[group]
+            return plan_layer(group, paths, scheme, owner=spec.user.uid, epoch=epoch) if paths else None
 
         def in_background(job: Callable[[], Any], name: str) -> Callable[[], Any]:
             box: dict[str, Any] = {}
@@ -724,6 +726,8 @@ def _python_side(
 
             return wait
 
+        # Each layer is planned once, as soon as its wheels are in: CUDA after torch's wheel named
+        # them, torch after triton and torchvision, the rest last.
         names = set(parse_locked(requirements))
         large = {name for name in names if is_large(name)}
         sealed_base = in_background(  # the base's sealed layer, made while the wheels download
@@ -731,22 +735,20 @@ def _python_side(
             "envkit-base")
         first = {"torch"} & names
         wheels = fetch(first, "torch's wheel") if first else CachedWheels({}, 0, 0)
-        cuda_names = torch_cuda_names(list(wheels.paths.values()))
-        cuda = {name for name in names if name in cuda_names}
+        cuda = {name for name in names if name in torch_cuda_names(list(wheels.paths.values()))}
         wheels = wheels | fetch(cuda, "CUDA wheels") if cuda else wheels
+        cuda_plan = layer(CUDA, wheels)
         importing = None
-        if cuda:
-            paths = [path for path in wheels.paths.values() if normalize(wheel_dist_name(path)) in cuda]
-            cuda_plan = plan_layer(CUDA, paths, scheme, owner=spec.user.uid, epoch=epoch)
+        if cuda_plan is not None:
             importing = start_import(client, cuda_plan, wheels.digests, show=put, progress=_bytes_to(put),
                                      fresh=fresh)
         try:
             wheels = wheels | fetch(large - first - cuda, "wheels for torch's layer")
             others = in_background(lambda: fetch(names - large, "the other wheels"), "envkit-wheels")
+            below = [p for p in (cuda_plan, layer(TORCH, wheels)) if p is not None]
             try:
-                preloaded = preload(client, plan_all(wheels, "wheels-large"), wheels.digests, sealed_base(),
-                                    epoch=epoch, importing=importing, show=put, progress=_bytes_to(put),
-                                    fresh=fresh)
+                preloaded = preload(client, below, wheels.digests, sealed_base(), epoch=epoch,
+                                    importing=importing, show=put, progress=_bytes_to(put), fresh=fresh)
             except BaseException:
                 try:
                     others()
@@ -761,7 +763,8 @@ def _python_side(
                 except BaseException:  # noqa: BLE001 - the first failure is the one reported
                     pass
             raise
-        return wheels, plan_all(wheels, "wheels"), preloaded
+        rest = layer(REST, wheels)
+        return wheels, below + ([rest] if rest is not None else []), preloaded
 
     return work
 

@@ -340,12 +340,18 @@ def _checked_by_zipfile(wheel: _Wheel, entry: Entry) -> Iterator[bytes]:
         raise IntegrityError(f"{wheel.path.name}: {entry.zip_name} is {sent} bytes, {entry.size} planned")
 
 
-def plan_groups(wheel_dir: Path, scheme: Scheme, *, owner: int, epoch: int) -> list[LayerPlan]:
-    """One plan per group that has wheels, in `GROUPS` order."""
+def group_wheels(paths: Sequence[Path]) -> dict[str, list[Path]]:
+    """The wheels of each group (every one of `GROUPS`), torch's CUDA dependencies read from torch's
+    wheel when it is among them."""
     by_group: dict[str, list[Path]] = {g: [] for g in GROUPS}
-    paths = sorted(wheel_dir.glob("*.whl"))
     cuda_names = torch_cuda_names(paths)
     for path in paths:
         by_group[group_of(wheel_dist_name(path), cuda_names)].append(path)
+    return by_group
+
+
+def plan_groups(wheel_dir: Path, scheme: Scheme, *, owner: int, epoch: int) -> list[LayerPlan]:
+    """One plan per group that has wheels, in `GROUPS` order."""
+    by_group = group_wheels(sorted(wheel_dir.glob("*.whl")))
     return [plan_layer(g, by_group[g], scheme, owner=owner, epoch=epoch) for g in GROUPS if by_group[g]]
 

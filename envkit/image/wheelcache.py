@@ -142,13 +142,6 @@ class CachedWheels:
         """File name -> sha256: the cache keeps each wheel in a folder named by its digest."""
         return {name: path.parent.name for name, path in self.paths.items()}
 
-    def link_dir(self, root: Path) -> Path:
-        """A directory of symlinks to exactly these wheels (what the layer planner reads)."""
-        root.mkdir(parents=True, exist_ok=True)
-        for name, path in sorted(self.paths.items()):
-            (root / name).symlink_to(path)
-        return root
-
 
 def _find(root: Path, hashes: list[str]) -> Path | None:
     for digest in hashes:
