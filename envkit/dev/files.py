@@ -13,7 +13,6 @@ import base64
 import hashlib
 import os
 import re
-import shutil
 import tempfile
 import urllib.error
 import urllib.parse
@@ -22,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from envkit.atomic import check_output_path
+from envkit.atomic import place_file
 from envkit.digests import sha256_file
 from envkit.errors import IntegrityError, NetworkError, UsageError
 from envkit.events import Event, done
@@ -156,28 +155,6 @@ def _cached_ok(path: Path, sha256: str) -> bool:
     return False
 
 
-def _place(cached: Path, target: Path) -> None:
-    """Put the cached file at ``target``: a hard link when it can be, else a copy; atomically."""
-    check_output_path(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    except OSError as exc:
-        raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        tmp.unlink()
-        try:
-            os.link(cached, tmp)
-        except OSError:
-            shutil.copyfile(cached, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def fetch_events(
     url: str, sha256: str, *, name: str | None = None, into: Path | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
@@ -199,7 +176,7 @@ def fetch_events(
     placed = None
     if into is not None:
         placed = into / name
-        _place(cached, placed)
+        place_file(cached, placed)
         yield Event("phase", f"{name} -> {placed}")
     result = Fetched(name=name, sha256=sha256, size=cached.stat().st_size, cached=cached, placed=placed,
                      downloaded=downloaded, source=redact(url))

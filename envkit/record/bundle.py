@@ -10,9 +10,7 @@ mtimes and owners.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable, Generator, Iterator
@@ -23,7 +21,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from envkit.atomic import open_atomic
+from envkit.atomic import open_atomic, place_file
 from envkit.digests import sha256_file, sha256_stream
 from envkit.engine.client import find_image, inspect_image, tag_image
 from envkit.engine.dockerarchive import load_archive, without_tags
@@ -298,7 +296,7 @@ def bundle_events(
                                   index_args=indexes.pip_args(), label=label)
             cached = yield from relay(fetch)
             for name, path in sorted(cached.paths.items()):
-                _link_or_copy(path, root / "wheels" / name)
+                place_file(path, root / "wheels" / name)
         yield from record_apt(client, plan, root)
         files = {
             name: {"sha256": sha256_file(path), "size": path.stat().st_size} for name, path in _members(root)
@@ -315,14 +313,6 @@ def bundle_events(
         yield Event("phase", f"writing {output.name}: {len(wheels)} wheels, {mirror_files} mirror files")
         write_bundle(output, manifest_text, index, root, manifest.source_date_epoch, sign_key=sign_key)
     yield done(f"wrote {output}", index)
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link to the cached wheel where the file system allows one, a copy where not."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
 
 
 @dataclass
