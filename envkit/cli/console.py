@@ -120,24 +120,18 @@ class Progress:
     def _bytes(self, label: str, done: int, total: int) -> None:
         """A byte count as a bar on a terminal; in a log, one line per quarter. Without a total
         (a download whose size nobody said), a count: in a log, one line per gigabyte."""
-        if not total:
+        if total:
+            share = min(done / total, 1.0)
+            text = f"{label}  {'#' * int(share * 30):<30}  {done / 1e9:.2f}/{total / 1e9:.2f} GB"
+            mark, first = int(share * 4), -1  # quarters, the first one at 0
+        else:
             text = f"{label}  {done / 1e9:.2f} GB"
-            if self._live is not None:
-                self.last = text
-                self._live.update(self._render())
-            elif int(done / 1e9) > self._quarters.get(label, 0):
-                self._quarters[label] = int(done / 1e9)
-                console.print(f"[{_elapsed(self.start):>6}]   {text}", markup=False, highlight=False)
-            return
-        share = min(done / total, 1.0)
-        text = f"{label}  {'#' * int(share * 30):<30}  {done / 1e9:.2f}/{total / 1e9:.2f} GB"
+            mark, first = int(done / 1e9), 0  # whole gigabytes, the first one at 1
         if self._live is not None:
             self.last = text
             self._live.update(self._render())
-            return
-        quarter = int(share * 4)
-        if quarter > self._quarters.get(label, -1):
-            self._quarters[label] = quarter
+        elif mark > self._quarters.get(label, first):
+            self._quarters[label] = mark
             console.print(f"[{_elapsed(self.start):>6}]   {text}", markup=False, highlight=False)
 
     @contextmanager

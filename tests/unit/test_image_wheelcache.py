@@ -114,3 +114,13 @@ def test_a_download_without_a_total_is_a_count_one_line_per_gigabyte_in_a_log(ca
         progress.update("bytes", "wheels: downloading", step=done, total=0)
     lines = [line for line in capsys.readouterr().err.splitlines() if "downloading" in line]
     assert [line.split("downloading")[1].strip() for line in lines] == ["1.10 GB", "2.30 GB"]
+
+
+def test_a_layer_with_a_total_is_one_line_per_quarter_in_a_log(capsys) -> None:  # type: ignore[no-untyped-def]
+    from envkit.cli.console import Progress
+
+    progress = Progress("build")
+    for done in (0, 200, 300, 500, 600, 1000):
+        progress.update("bytes", "python-cuda", step=done * 1_000_000, total=1_000_000_000)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "python-cuda" in line]
+    assert [line.rsplit(None, 2)[-2] for line in lines] == ["0.00/1.00", "0.30/1.00", "0.50/1.00", "1.00/1.00"]
