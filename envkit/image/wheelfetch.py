@@ -292,6 +292,7 @@ class Downloads:
             folder = self.root / digest
             folder.mkdir(exist_ok=True)
             target = folder / wanted.filename
+            os.chmod(temp, 0o644)  # as pip's downloads are kept (mkstemp makes it 0600)
             os.replace(temp, target)
             return target
         finally:

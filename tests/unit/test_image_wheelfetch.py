@@ -134,6 +134,7 @@ def test_the_cache_fills_from_the_index_and_credentials_go_to_its_host_only(
     assert ("download", "wheels: downloaded 2 (0.00 GB)") in events
     assert {auth for _path, auth in state.requests} == {"Basic bWU6c2VjcmV0"}
     assert not list((tmp_path / "cache").glob(".incoming-*"))
+    assert {path.stat().st_mode & 0o777 for path in wheels.paths.values()} == {0o644}  # as pip's are kept
 
 
 def test_a_file_other_than_the_listed_one_is_a_hash_mismatch(index: tuple[Index, str], tmp_path: Path) -> None:
